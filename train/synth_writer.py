@@ -1,0 +1,59 @@
+"""Write a synthetic data set to disk in parallel, one atomic file at a time."""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import soundfile as sf
+from tqdm import tqdm
+
+from .synth import SR, ClipJob, SynthConfig, plan_jobs, render_clip
+
+MANIFEST = "synth_manifest.csv"
+
+
+def _write_one(args: tuple[SynthConfig, ClipJob, str]) -> str:
+    cfg, job, out = args
+    path = Path(out) / job.relpath
+    audio = render_clip(cfg, job.machine_type, job.machine_id, job.split, job.fault, job.index)
+    buf = io.BytesIO()
+    sf.write(buf, audio, SR, subtype="PCM_16", format="WAV")
+    tmp = path.with_suffix(".wav.tmp")
+    tmp.write_bytes(buf.getvalue())
+    os.replace(tmp, path)
+    return job.relpath
+
+
+def write_dataset(cfg: SynthConfig, out: str | Path, workers: int | None = None, progress: bool = True) -> list[ClipJob]:
+    """Render every clip of ``cfg`` into ``out`` (DCASE2020 layout) and a ``synth_manifest.csv``.
+
+    The manifest lists each file's fault kind, which the DCASE names do not carry.
+    """
+    out = Path(out)
+    jobs = plan_jobs(cfg)
+    for d in {str(Path(j.relpath).parent) for j in jobs}:
+        (out / d).mkdir(parents=True, exist_ok=True)
+    workers = workers or os.cpu_count() or 1
+    args = [(cfg, j, str(out)) for j in jobs]
+    bar = tqdm(total=len(jobs), unit="clip", desc="synthesising", disable=not progress)
+    if workers == 1:
+        for a in args:
+            _write_one(a)
+            bar.update()
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            for _ in pool.map(_write_one, args, chunksize=4):
+                bar.update()
+    bar.close()
+    tmp = out / (MANIFEST + ".tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "machine_type", "machine_id", "split", "label", "fault", "severity"])
+        for j in jobs:
+            w.writerow([j.relpath, j.machine_type, j.machine_id, j.split, "normal" if j.fault is None else "anomaly", j.fault or "", cfg.severity if j.fault else 0])
+    os.replace(tmp, out / MANIFEST)
+    return jobs
