@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Create .venv and install mtad with the train and dev extras. Safe to re-run: it skips the
+# install when pyproject.toml has not changed since the last successful one.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${MTAD_VENV:-.venv}"
+PYTHON="${PYTHON:-python3}"
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PY="$VENV/bin/python"
+stamp="$VENV/.mtad-installed"
+want="$(sha256sum pyproject.toml | cut -c1-64)"
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+echo "setup: installing mtad into $VENV (first time: ~2 min)" >&2
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build. 2.13.0 is a CPU build
+# that pip finds on local disk here; on a GPU workstation install your CUDA torch first
+# (any torch >= 2.2 that is already installed is kept).
+if ! "$PY" -c "import torch" 2>/dev/null; then
+  "$PY" -m pip install -q "torch==${MTAD_TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$PY" -c "import torch" || { echo "setup: torch install failed" >&2; exit 1; }
+fi
+"$PY" -m pip install -q -e ".[train,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+"$PY" -c "import mtad.edge_runtime, mtad.train, onnxruntime, sklearn, librosa" || { echo "setup: install failed" >&2; exit 1; }
+echo "$want" > "$stamp"
