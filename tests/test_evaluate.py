@@ -1,0 +1,46 @@
+import json
+import shutil
+
+from click.testing import CliRunner
+
+from mtad.train.eval_cli import main as eval_main
+from mtad.train.evaluate import evaluate
+
+
+def test_eval_cli_json_plots_and_schema(tiny_run, tiny_synth, tmp_path):
+    res = CliRunner().invoke(eval_main, ["--run", str(tiny_run), "--data", str(tiny_synth), "--json", str(tmp_path / "m.json"), "--plots", str(tmp_path / "plots"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert {"machines", "types", "mean"} <= set(m)
+    assert len(m["machines"]) == 4
+    for e in m["machines"]:
+        assert {"machine_type", "machine_id", "auc", "pauc", "n_normal", "n_anomaly"} <= set(e)
+        assert e["n_normal"] == e["n_anomaly"] == 3 and 0 <= e["auc"] <= 1
+    assert set(m["types"]) == {"fan", "valve"} and 0 <= m["mean"]["auc"] <= 1
+    assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
+    assert (tmp_path / "plots" / "score_histograms.png").stat().st_size > 1000
+    assert "mean AUC" in res.output
+
+
+def test_unreadable_clip_is_excluded_and_counted(tiny_run, tiny_synth, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_synth, data)
+    broken = sorted((data / "fan" / "test").glob("anomaly_*.wav"))[0]
+    broken.write_bytes(b"not audio at all")
+    metrics, scores = evaluate(tiny_run, data, progress=False)
+    assert metrics["n_excluded"] == 1 and metrics["excluded"][0]["path"] == str(broken)
+    assert str(broken) not in {s.path for s in scores}
+    assert len(scores) == 4 * 6 - 1
+    fan00 = next(m for m in metrics["machines"] if m["machine_id"] == broken.name.split("_")[1] + "_" + broken.name.split("_")[2] and m["machine_type"] == "fan")
+    assert fan00["n_anomaly"] == 2
+
+
+def test_refit_and_compare(tiny_run, tiny_synth, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    (run / "stats.npz").unlink()
+    res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--quiet"])
+    assert res.exit_code == 1 and "--refit" in res.output
+    res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--refit", "--quiet", "--compare", str(tiny_run)])
+    assert res.exit_code == 0, res.output
+    assert (run / "stats.npz").exists() and "AUC/pAUC per type" in res.output

@@ -1,0 +1,84 @@
+import csv
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from mtad.edge_runtime.errors import ConfigError, DatasetError
+from mtad.train.checkpoint import load_checkpoint, model_from_checkpoint
+from mtad.train.cli import main as train_main
+from mtad.train.config import load_config
+from mtad.train.trainer import train_run
+
+
+def test_run_holds_everything_and_losses_fall(tiny_run):
+    for name in ("checkpoint.pt", "config.yaml", "train_log.csv", "loss_curve.png", "stats.npz"):
+        assert (tiny_run / name).exists(), name
+    rows = list(csv.DictReader(open(tiny_run / "train_log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    ckpt = load_checkpoint(tiny_run)  # weights_only=True inside
+    assert ckpt["class_map"] == ["fan/id_00", "fan/id_02", "valve/id_00", "valve/id_02"]
+    assert set(ckpt["normalization"]) == {"fan", "valve"}
+    assert ckpt["feature_config"]["n_fft"] == 2048
+
+
+def test_checkpoint_round_trip(tiny_run):
+    ckpt = load_checkpoint(tiny_run)
+    model = model_from_checkpoint(ckpt)
+    again = model_from_checkpoint(torch.load(tiny_run / "checkpoint.pt", weights_only=True))
+    x = torch.randn(2, 128, model.cfg.window)
+    with torch.no_grad():
+        for a, b in zip(model(x), again(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_resume_equals_uninterrupted(tiny_synth, tmp_path):
+    full = tmp_path / "full"
+    part = tmp_path / "part"
+    train_run(tiny_synth, full, load_config("tiny", epochs=2), progress=False)
+    train_run(tiny_synth, part, load_config("tiny", epochs=1), progress=False)
+    train_run(tiny_synth, part, load_config("tiny", epochs=2), resume=True, progress=False)
+    a, b = load_checkpoint(full), load_checkpoint(part)
+    assert a["epoch"] == b["epoch"] == 2
+    for k in a["model_state"]:
+        assert torch.equal(a["model_state"][k], b["model_state"][k]), k
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+
+
+@pytest.mark.parametrize("task", ["recon", "classify"])
+def test_ablations_train_with_their_single_loss(tiny_synth, tmp_path, task):
+    result = train_run(tiny_synth, tmp_path / task, load_config("tiny", epochs=1, task=task), progress=False)
+    h = result.history[0]
+    if task == "recon":
+        assert h["recon_loss"] > 0 and h["class_loss"] == 0
+    else:
+        assert h["class_loss"] > 0 and h["recon_loss"] == 0
+    assert result.stats.task == task
+
+
+def test_bad_inputs(tmp_path, tiny_synth, tiny_run):
+    with pytest.raises(DatasetError, match="no clips"):
+        train_run(tmp_path, tmp_path / "o", load_config("tiny"), progress=False)
+    with pytest.raises(ConfigError, match="already holds a run"):
+        train_run(tiny_synth, tiny_run, load_config("tiny"), progress=False)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  epochs: 2\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match="unknown key.*learning_rate"):
+        load_config("tiny", cfg)
+    with pytest.raises(ConfigError, match="receptive field"):
+        cfg.write_text("model:\n  window: 5\n")
+        load_config("tiny", cfg)
+
+
+def test_cli_errors_are_one_line(tmp_path, tiny_synth, tiny_run):
+    runner = CliRunner()
+    res = runner.invoke(train_main, ["--data", str(tmp_path), "--out", str(tmp_path / "r"), "--preset", "tiny"])
+    assert res.exit_code == 1 and res.output.startswith("error: ") and "Traceback" not in res.output
+    res = runner.invoke(train_main, ["--data", str(tiny_synth), "--out", str(tiny_run), "--preset", "tiny"])
+    assert res.exit_code == 1 and "already holds a run" in res.output
+    unlabelled = tmp_path / "unlabelled" / "fan" / "train"
+    unlabelled.mkdir(parents=True)
+    (unlabelled / "recording_01.wav").write_bytes(b"RIFF")
+    res = runner.invoke(train_main, ["--data", str(tmp_path / "unlabelled"), "--out", str(tmp_path / "r2"), "--preset", "tiny"])
+    assert res.exit_code == 1 and "no clips in the DCASE2020 layout" in res.output

@@ -1,0 +1,49 @@
+"""``mtad-eval``: AUC/pAUC per machine id and type, thresholds' precision/recall, plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mtad.edge_runtime.cli_common import report_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--data", required=True, type=click.Path(path_type=Path))
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), help="Write the metrics as JSON.")
+@click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write ROC and histogram PNGs here.")
+@click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), help="Other runs to print side by side (repeatable).")
+@click.option("--refit", is_flag=True, help="Refit scoring statistics and thresholds on DATA's training normals first.")
+@click.option("--stats-holdout", type=float, default=0.0, show_default=True, help="With --refit: fit on this held-out fraction.")
+@click.option("--quiet", is_flag=True)
+@report_errors
+def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, quiet):
+    """Score DATA's test clips with RUN and report AUC/pAUC (DCASE2020 definitions)."""
+    from mtad.edge_runtime.dataset import scan_dataset
+
+    from .evaluate import compute_metrics, format_comparison, format_tables, load_run, refit_stats, score_split, write_json, write_plots
+
+    run = load_run(run_dir, require_stats=not refit)
+    if refit:
+        refit_stats(run, data, stats_holdout, progress=not quiet)
+        click.echo(f"refitted scoring statistics and thresholds -> {Path(run_dir) / 'stats.npz'}", err=True)
+    index = scan_dataset(data)
+    scores, failed = score_split(run, index, progress=not quiet)
+    metrics = compute_metrics(scores, failed)
+    click.echo(format_tables(metrics, f"run {run_dir} ({run.task}) on {data}"))
+    if json_path:
+        write_json(metrics, json_path)
+    if plots_dir:
+        for p in write_plots(scores, metrics, plots_dir):
+            click.echo(f"plot: {p}", err=True)
+    if compare:
+        named = [(Path(run_dir).name, metrics)]
+        for other in compare:
+            o = load_run(other)
+            s, f = score_split(o, index, progress=not quiet)
+            named.append((Path(other).name, compute_metrics(s, f)))
+        click.echo("\nAUC/pAUC per type\n" + format_comparison(named))
+    click.echo(f"mean AUC {metrics['mean']['auc']:.3f}, pAUC {metrics['mean']['pauc']:.3f} over {metrics['n_scored']} clips"
+               + (f"; {metrics['n_excluded']} unreadable clip(s) excluded" if metrics["n_excluded"] else ""))

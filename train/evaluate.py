@@ -1,0 +1,239 @@
+"""Evaluation: score test clips with a trained run and report AUC/pAUC like the paper."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
+
+from mtad.edge_runtime.dataset import DatasetIndex, scan_dataset
+from mtad.edge_runtime.errors import ConfigError, DatasetError
+from mtad.edge_runtime.features import FeatureConfig
+from mtad.edge_runtime.scoring import ScoringStats
+
+from .checkpoint import load_checkpoint, model_from_checkpoint, norms_from_checkpoint
+from .feature_cache import load_features
+from .model import ModelConfig
+from .reference import TorchRunner
+from .stats import fit_scoring_stats
+from .trainer import STATS, compute_outputs, split_holdout
+
+MAX_FPR = 0.1  # pAUC range, as DCASE2020 Task 2
+
+
+@dataclass
+class LoadedRun:
+    run_dir: Path
+    ckpt: dict
+    model_cfg: ModelConfig
+    stats: ScoringStats | None
+
+    @property
+    def task(self) -> str:
+        return self.ckpt["config"]["train"]["task"]
+
+    def runner(self, device: str = "cpu") -> TorchRunner:
+        return TorchRunner(model_from_checkpoint(self.ckpt), device)
+
+
+def load_run(run_dir: str | Path, require_stats: bool = True) -> LoadedRun:
+    """Checkpoint and scoring statistics of a run (statistics may be absent when refitting)."""
+    run_dir = Path(run_dir)
+    ckpt = load_checkpoint(run_dir)
+    if FeatureConfig.from_dict(ckpt["feature_config"]) != FeatureConfig():
+        raise ConfigError(f"{run_dir}: trained with other feature settings than this mtad version uses")
+    stats = ScoringStats.load(run_dir / STATS) if (run_dir / STATS).exists() else None
+    if stats is None and require_stats:
+        raise ConfigError(f"{run_dir}: no {STATS}; run mtad-eval --refit to fit scoring statistics")
+    return LoadedRun(run_dir, ckpt, ModelConfig.from_dict(ckpt["config"]["model"]), stats)
+
+
+@dataclass
+class ClipScore:
+    path: str
+    machine: str
+    label: int
+    score: float
+    recon_score: float
+    class_score: float
+    threshold: float
+
+    @property
+    def anomaly(self) -> bool:
+        return self.score > self.threshold
+
+
+def refit_stats(run: LoadedRun, data: str | Path, holdout: float = 0.0, progress: bool = True) -> ScoringStats:
+    """Refit the scoring statistics on the run's training normals (or a held-out part)."""
+    index = scan_dataset(data)
+    store = load_features(index.select("train", label=0), progress=progress)
+    _, stats_idx = split_holdout(store, holdout, run.ckpt["config"]["train"]["seed"])
+    norms = norms_from_checkpoint(run.ckpt)
+    outputs = compute_outputs(run.runner(), store, stats_idx, norms, run.model_cfg, progress, desc="fitting scoring stats")
+    far = run.ckpt["config"]["train"]["false_alarm_rate"]
+    stats, _ = fit_scoring_stats(run.task, run.ckpt["class_map"], norms, outputs, far)
+    stats.save(run.run_dir / STATS)
+    run.stats = stats
+    return stats
+
+
+def score_split(run: LoadedRun, index: DatasetIndex, runner=None, split: str = "test", progress: bool = True) -> tuple[list[ClipScore], dict[str, str]]:
+    """Scores of every clip of ``split`` whose machine the run knows; unreadable clips are
+    returned separately (path -> reason) and never scored."""
+    known = set(run.stats.class_map)
+    clips = [c for c in index.select(split) if c.machine in known]
+    if not clips:
+        raise DatasetError(f"{index.root}: no {split} clips of the machines this run was trained on ({', '.join(sorted(known))})")
+    store = load_features(clips, progress=progress)
+    runner = runner or run.runner()
+    outputs = compute_outputs(runner, store, list(range(len(store))), {t: s.norm for t, s in run.stats.types.items()}, run.model_cfg, progress, desc=f"scoring {split}")
+    scores = []
+    for c, (machine, residual, logits) in zip(store.clips, outputs):
+        rec, cls = run.stats.score_pair(machine, residual, logits)
+        scores.append(ClipScore(str(c.path), machine, c.label, run.stats.final_score(machine, rec, cls), rec, cls, run.stats.threshold(machine)))
+    return scores, dict(store.failed)
+
+
+def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = None) -> dict:
+    """The JSON report: per machine AUC/pAUC and decision quality, per type and overall means.
+
+    The overall mean is the mean of the per-type means (each machine type weighs the same).
+    """
+    by_machine: dict[str, list[ClipScore]] = defaultdict(list)
+    for s in scores:
+        by_machine[s.machine].append(s)
+    machines = []
+    for machine in sorted(by_machine):
+        rows = by_machine[machine]
+        y = np.array([r.label for r in rows])
+        s = np.array([r.score for r in rows])
+        mtype, mid = machine.split("/")
+        entry = {"machine_type": mtype, "machine_id": mid, "n_normal": int((y == 0).sum()), "n_anomaly": int((y == 1).sum())}
+        if len(set(y.tolist())) == 2:
+            entry["auc"] = float(roc_auc_score(y, s))
+            entry["pauc"] = float(roc_auc_score(y, s, max_fpr=MAX_FPR))
+        else:
+            entry["auc"] = entry["pauc"] = None
+        pred = np.array([r.anomaly for r in rows]).astype(int)
+        p, r, f1, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
+        entry.update(precision=float(p), recall=float(r), f1=float(f1), threshold=float(rows[0].threshold))
+        machines.append(entry)
+    types = {}
+    for mtype in sorted({m["machine_type"] for m in machines}):
+        ms = [m for m in machines if m["machine_type"] == mtype and m["auc"] is not None]
+        if ms:
+            types[mtype] = {"auc": float(np.mean([m["auc"] for m in ms])), "pauc": float(np.mean([m["pauc"] for m in ms])), "f1": float(np.mean([m["f1"] for m in ms]))}
+    mean = {k: float(np.mean([t[k] for t in types.values()])) if types else None for k in ("auc", "pauc")}
+    excluded = [{"path": p, "reason": why} for p, why in sorted((failed or {}).items())]
+    return {"machines": machines, "types": types, "mean": mean, "n_scored": len(scores), "n_excluded": len(excluded), "excluded": excluded}
+
+
+def format_tables(metrics: dict, title: str = "") -> str:
+    """Plain-text tables shaped like the paper's Table 1 (per type) and Table 2 (per id)."""
+    lines = [title] if title else []
+    lines.append(f"{'type':<12} {'AUC':>6} {'pAUC':>6} {'F1':>6}")
+    for t, v in metrics["types"].items():
+        lines.append(f"{t:<12} {v['auc']:>6.3f} {v['pauc']:>6.3f} {v['f1']:>6.3f}")
+    if metrics["mean"]["auc"] is not None:
+        lines.append(f"{'mean':<12} {metrics['mean']['auc']:>6.3f} {metrics['mean']['pauc']:>6.3f}")
+    lines.append("")
+    lines.append(f"{'machine':<20} {'AUC':>6} {'pAUC':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'normal':>6} {'anom.':>6}")
+    for m in metrics["machines"]:
+        auc = f"{m['auc']:>6.3f} {m['pauc']:>6.3f}" if m["auc"] is not None else f"{'-':>6} {'-':>6}"
+        lines.append(f"{m['machine_type'] + '/' + m['machine_id']:<20} {auc} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f} {m['n_normal']:>6} {m['n_anomaly']:>6}")
+    if metrics["n_excluded"]:
+        lines.append(f"\nexcluded {metrics['n_excluded']} unreadable clip(s) (not scored):")
+        lines += [f"  {e['path']}: {e['reason']}" for e in metrics["excluded"][:10]]
+    return "\n".join(lines)
+
+
+def format_comparison(named: list[tuple[str, dict]]) -> str:
+    """Runs side by side per type, AUC/pAUC (the paper's Table 1 layout)."""
+    types = sorted({t for _, m in named for t in m["types"]})
+    head = f"{'type':<12} " + " ".join(f"{name[:17]:>17}" for name, _ in named)
+    lines = [head]
+    for t in types + ["mean"]:
+        cells = []
+        for _, m in named:
+            v = m["mean"] if t == "mean" else m["types"].get(t)
+            cells.append(f"{v['auc']:.3f}/{v['pauc']:.3f}".rjust(17) if v and v.get("auc") is not None else "-".rjust(17))
+        lines.append(f"{t:<12} " + " ".join(cells))
+    return "\n".join(lines)
+
+
+def write_json(metrics: dict, path: Path) -> None:
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(metrics, indent=2))
+    os.replace(tmp, path)
+
+
+def write_plots(scores: list[ClipScore], metrics: dict, out_dir: Path) -> list[Path]:
+    """ROC curve per machine type and normal-vs-anomaly score histograms per machine (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    types = sorted({s.machine.split("/")[0] for s in scores})
+    fig, axes = plt.subplots(1, len(types), figsize=(3.2 * len(types), 3.2), squeeze=False)
+    for ax, t in zip(axes[0], types):
+        for machine in sorted({s.machine for s in scores if s.machine.startswith(t + "/")}):
+            rows = [s for s in scores if s.machine == machine]
+            y = [r.label for r in rows]
+            if len(set(y)) < 2:
+                continue
+            fpr, tpr, _ = roc_curve(y, [r.score for r in rows])
+            auc = next(m["auc"] for m in metrics["machines"] if f"{m['machine_type']}/{m['machine_id']}" == machine)
+            ax.plot(fpr, tpr, label=f"{machine.split('/')[1]} ({auc:.2f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.axvspan(0, MAX_FPR, color="grey", alpha=0.15)
+        ax.set_title(t)
+        ax.set_xlabel("false-positive rate")
+        ax.legend(fontsize=7, loc="lower right")
+    axes[0][0].set_ylabel("true-positive rate")
+    fig.tight_layout()
+    path = out_dir / "roc.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+
+    machines = sorted({s.machine for s in scores})
+    cols = 4
+    rows_n = (len(machines) + cols - 1) // cols
+    fig, axes = plt.subplots(rows_n, cols, figsize=(3.2 * cols, 2.4 * rows_n), squeeze=False)
+    for ax, machine in zip(axes.flat, machines):
+        rows = [s for s in scores if s.machine == machine]
+        normal = [r.score for r in rows if r.label == 0]
+        anomaly = [r.score for r in rows if r.label == 1]
+        bins = np.histogram_bin_edges(normal + anomaly, bins=20)
+        ax.hist(normal, bins=bins, alpha=0.6, label="normal")
+        ax.hist(anomaly, bins=bins, alpha=0.6, label="anomaly")
+        ax.axvline(rows[0].threshold, color="k", ls="--", lw=1, label="threshold")
+        ax.set_title(machine, fontsize=9)
+    for ax in list(axes.flat)[len(machines):]:
+        ax.axis("off")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    path = out_dir / "score_histograms.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    written.append(path)
+    return written
+
+
+def evaluate(run_dir: str | Path, data: str | Path, progress: bool = True) -> tuple[dict, list[ClipScore]]:
+    run = load_run(run_dir)
+    scores, failed = score_split(run, scan_dataset(data), progress=progress)
+    return compute_metrics(scores, failed), scores
+
+
+_ = asdict
