@@ -20,6 +20,9 @@ def report_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # e.g. `mtad-edge ... | head`: the reader left, nothing to report
+            sys.stderr.close()
+            sys.exit(0)
         except MtadError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(EXIT_ERROR)

@@ -19,6 +19,10 @@ def shared_data(sub: str) -> Path:
     return path
 
 
+TINY_TYPES = ("fan", "pump", "slider", "valve")
+TINY_MACHINES = [f"{t}/id_{i:02d}" for t in TINY_TYPES for i in (0, 2, 4, 6)]
+
+
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
@@ -26,12 +30,12 @@ def rng():
 
 @pytest.fixture(scope="session")
 def tiny_synth(tmp_path_factory) -> Path:
-    """A small synthetic set (2 types x 2 ids, short clips), written once per session."""
+    """A small synthetic set (the four MIMII types x 4 ids, 3 s clips), written once per session."""
     from mtad.train.synth import SynthConfig
     from mtad.train.synth_writer import write_dataset
 
     out = tmp_path_factory.mktemp("synth")
-    write_dataset(SynthConfig(types=("fan", "valve"), ids=2, train=6, test=3, seconds=3.0, seed=7), out, workers=1, progress=False)
+    write_dataset(SynthConfig(types=TINY_TYPES, ids=4, train=5, test=2, seconds=3.0, seed=7), out, workers=2, progress=False)
     return out
 
 
@@ -43,4 +47,14 @@ def tiny_run(tiny_synth, tmp_path_factory) -> Path:
 
     out = tmp_path_factory.mktemp("runs") / "tiny"
     train_run(tiny_synth, out, load_config("tiny", epochs=3, seed=0), progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_run, tiny_synth, tmp_path_factory) -> Path:
+    """FP32 + FP16 + INT8 bundle of ``tiny_run``, INT8 calibrated on ``tiny_synth``."""
+    from mtad.export.bundle_writer import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    export_bundle(tiny_run, out, fp16=True, int8=True, calib_data=tiny_synth, calib_windows=128, progress=False, log=lambda m: None)
     return out

@@ -10,7 +10,7 @@ def make_sampler(tiny_synth, window=32):
     index = scan_dataset(tiny_synth)
     store = load_features(index.select("train", label=0), progress=False)
     class_map = sorted({c.machine for c in store.clips})
-    norms = {t: fit_normalization([np.asarray(store.get(i)) for i, c in enumerate(store.clips) if c.machine_type == t]) for t in ("fan", "valve")}
+    norms = {t: fit_normalization([np.asarray(store.get(i)) for i, c in enumerate(store.clips) if c.machine_type == t]) for t in {c.machine_type for c in store.clips}}
     return WindowSampler(store, list(range(len(store))), {m: k for k, m in enumerate(class_map)}, norms, window), class_map
 
 

@@ -1,0 +1,151 @@
+"""Calibration spectrograms for INT8 quantisation, built from training normals.
+
+Windows are drawn evenly over machine types and ids, through the edge front end and the
+run's per-type normalisation, so the quantiser sees exactly what the model sees. Each
+machine's clips are split: most feed the calibration set, the rest give held-out windows
+for the export-time check. Stored as ``.npz`` plus a JSON manifest (sources, settings,
+sha256), and cached under a key of every input's content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mtad.edge_runtime.dataset import Clip, scan_dataset
+from mtad.edge_runtime.errors import MtadError
+from mtad.edge_runtime.features import FeatureConfig, Normalization
+
+MIN_WINDOWS = 32
+HELDOUT_FRACTION = 0.2
+
+
+class CalibrationError(MtadError):
+    """The calibration data cannot support quantisation (too few or malformed windows)."""
+
+
+@dataclass
+class CalibrationSet:
+    windows: np.ndarray  # (N, n_mels, window) float32, normalised
+    machines: list[str]
+    heldout: np.ndarray  # (M, n_mels, window) windows from clips not used for calibration
+    manifest: dict
+
+    def batches(self, batch_size: int = 32):
+        for i in range(0, len(self.windows), batch_size):
+            yield self.windows[i : i + batch_size]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _sample(store, indices, n, window, norms, rng):
+    """``n`` windows spread round-robin over the clips ``indices`` of one machine."""
+    out = []
+    usable = [i for i in indices if store.offsets[i + 1] - store.offsets[i] >= window]
+    if not usable:
+        return out
+    order = rng.permutation(usable)
+    for k in range(n):
+        i = int(order[k % len(order)])
+        x = np.asarray(store.get(i))
+        s = int(rng.integers(0, x.shape[1] - window + 1))
+        out.append(norms[store.clips[i].machine_type].apply(x[:, s : s + window]))
+    return out
+
+
+def validate_windows(windows: np.ndarray, n_mels: int, window: int, minimum: int = MIN_WINDOWS) -> None:
+    if windows.ndim != 3 or windows.shape[1:] != (n_mels, window):
+        raise CalibrationError(f"calibration windows must have shape (N, {n_mels}, {window}), got {windows.shape}")
+    if windows.shape[0] < minimum:
+        raise CalibrationError(f"only {windows.shape[0]} calibration windows; INT8 calibration needs at least {minimum}")
+    if not np.isfinite(windows).all():
+        raise CalibrationError("calibration windows contain NaN or inf")
+    if float(windows.std()) == 0.0:
+        raise CalibrationError("calibration windows are constant; they cannot calibrate activation ranges")
+
+
+def build_calibration_set(
+    data: str | Path,
+    norms: dict[str, Normalization],
+    machines: list[str],
+    window: int,
+    n_windows: int = 512,
+    seed: int = 0,
+    model_digest: str = "",
+    cache_dir: Path | None = None,
+    progress: bool = True,
+) -> CalibrationSet:
+    """Build (or load from cache) the calibration set for a run's machines."""
+    from mtad.train.feature_cache import default_cache_dir, load_features
+
+    index = scan_dataset(data)
+    clips: list[Clip] = [c for c in index.select("train", label=0) if c.machine in set(machines)]
+    if not clips:
+        raise CalibrationError(f"{data}: no training normals of the run's machines ({', '.join(machines)}) to calibrate on")
+    if n_windows < MIN_WINDOWS:
+        raise CalibrationError(f"--calib-windows {n_windows} is below the minimum of {MIN_WINDOWS}")
+    sources = [{"path": str(c.path), "sha256": _sha256(c.path)} for c in clips]
+    settings = {
+        "n_windows": n_windows, "window": window, "seed": seed, "heldout_fraction": HELDOUT_FRACTION,
+        "feature_config": FeatureConfig().to_dict(), "model_sha256": model_digest,
+        "normalization_sha256": hashlib.sha256(b"".join(norms[t].mean.tobytes() + norms[t].std.tobytes() for t in sorted(norms))).hexdigest(),
+    }
+    key = hashlib.sha256(json.dumps({"settings": settings, "sources": [s["sha256"] for s in sources]}, sort_keys=True).encode()).hexdigest()[:32]
+    cache_dir = cache_dir or default_cache_dir().parent / "calibration"
+    npz, man = cache_dir / f"{key}.npz", cache_dir / f"{key}.json"
+    if npz.exists() and man.exists():
+        with np.load(npz, allow_pickle=False) as z:
+            cs = CalibrationSet(z["windows"], [str(m) for m in z["machines"]], z["heldout"], json.loads(man.read_text()))
+        validate_windows(cs.windows, cs.windows.shape[1], window)
+        return cs
+
+    store = load_features(clips, progress=progress)
+    rng = np.random.default_rng(seed)
+    per_machine = max(1, n_windows // len(machines))
+    windows, labels, heldout = [], [], []
+    for m in sorted(machines):
+        idx = [i for i, c in enumerate(store.clips) if c.machine == m]
+        if not idx:
+            continue
+        perm = [idx[j] for j in rng.permutation(len(idx))]
+        n_held = max(1, int(round(HELDOUT_FRACTION * len(perm)))) if len(perm) > 1 else 0
+        cal_idx, held_idx = perm[n_held:], perm[:n_held]
+        got = _sample(store, cal_idx, per_machine, window, norms, rng)
+        windows += got
+        labels += [m] * len(got)
+        heldout += _sample(store, held_idx, max(1, per_machine // 4), window, norms, rng)
+    if not windows:
+        raise CalibrationError(f"no training clip is at least {window} frames long; cannot cut calibration windows")
+    w = np.stack(windows).astype(np.float32)
+    validate_windows(w, w.shape[1], window)
+    h = np.stack(heldout).astype(np.float32) if heldout else w[:0]
+    manifest = {"key": key, "settings": settings, "sources": sources, "n_windows": int(len(w)), "n_heldout": int(len(h)),
+                "per_machine": {m: labels.count(m) for m in sorted(set(labels))}}
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npz"
+    np.savez(tmp, windows=w, machines=np.array(labels), heldout=h)
+    os.replace(tmp, npz)
+    tmp_m = cache_dir / f"{key}.{os.getpid()}.tmp.json"
+    tmp_m.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp_m, man)
+    return CalibrationSet(w, labels, h, manifest)
+
+
+def save_calibration_set(cs: CalibrationSet, out_dir: Path) -> tuple[Path, Path]:
+    """Write the set into a bundle/run folder: ``calibration.npz`` and ``calibration.json``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    npz, man = out_dir / "calibration.npz", out_dir / "calibration.json"
+    np.savez_compressed(npz, windows=cs.windows, machines=np.array(cs.machines), heldout=cs.heldout)
+    man.write_text(json.dumps(cs.manifest, indent=1))
+    return npz, man

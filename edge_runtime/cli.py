@@ -1,0 +1,117 @@
+"""``mtad-edge``: score WAV files or a live microphone on the device; ``bench``; ``build-engine``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .cli_common import report_errors
+
+EXIT_INPUTS_FAILED = 3  # some files could not be scored; the others were
+
+
+class _DefaultToScore(click.Group):
+    """``mtad-edge [OPTIONS] PATH...`` runs ``score``; ``bench``/``build-engine`` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["score", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_DefaultToScore, context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Torch-free anomaly scoring on the device. Default command: score (files or --mic)."""
+
+
+class JsonlSink:
+    """One JSON object per line to stdout or an appended file, flushed each line."""
+
+    def __init__(self, path: Path | None):
+        self.fh = open(path, "a", buffering=1) if path else sys.stdout
+
+    def write(self, record: dict) -> None:
+        self.fh.write(json.dumps(record) + "\n")
+        self.fh.flush()
+
+    def close(self) -> None:
+        if self.fh is not sys.stdout:
+            self.fh.close()
+
+
+def iter_wavs(paths):
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            yield from sorted(q for q in p.rglob("*") if q.suffix.lower() == ".wav")
+        else:
+            yield p
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--machine", help="TYPE/ID (e.g. fan/id_00); default: parsed from DCASE-style paths.")
+@click.option("--backend", type=click.Choice(["auto", "onnxruntime", "tensorrt"]), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(["fp32", "fp16", "int8"]), default="fp32", show_default=True)
+@click.option("--threads", default=0, help="ONNX Runtime intra-op threads (0 = ORT default).")
+@click.option("--channel", default="0", show_default=True, help="Channel of multichannel input, or 'mean'.")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Append JSON lines here instead of stdout.")
+@click.option("--mic", is_flag=True, help="Score a live microphone instead of files.")
+@click.option("--device", "device_index", type=int, help="--mic: input device index (see --list-devices).")
+@click.option("--list-devices", is_flag=True, help="List audio input devices and exit.")
+@click.option("--window", "window_s", default=10.0, show_default=True, help="--mic: seconds of audio per score.")
+@click.option("--hop", "hop_s", default=1.0, show_default=True, help="--mic: seconds between scores.")
+@click.option("--heartbeat", "heartbeat_s", default=60.0, show_default=True, help="--mic: seconds between heartbeat lines.")
+@click.option("--duration", "duration_s", type=float, help="--mic: stop after this many seconds.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@report_errors
+def score(bundle_dir, machine, backend, precision, threads, channel, out_path, mic, device_index, list_devices, window_s, hop_s, heartbeat_s, duration_s, paths):
+    """Score WAV files and folders (PATH...) or the microphone (--mic); one JSON line per clip/window."""
+    from .bundle import load_bundle
+    from .errors import MtadError
+    from .pipeline import EdgeScorer, choose_runner
+
+    if list_devices:
+        from .mic import list_input_devices
+
+        for d in list_input_devices():
+            click.echo(f"{d['index']}: {d['name']} ({d['channels']} ch, {d['rate']:.0f} Hz)")
+        return
+    if not mic and not paths:
+        raise click.UsageError("give WAV files/folders to score, or --mic")
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    bundle = load_bundle(bundle_dir)
+    runner = choose_runner(bundle, backend, precision, threads, log)
+    scorer = EdgeScorer(bundle, runner)
+    sink = JsonlSink(out_path)
+    base = {"backend": runner.backend, "precision": runner.precision}
+    try:
+        if mic:
+            if not machine:
+                raise click.UsageError("--mic needs --machine TYPE/ID")
+            from .mic import run_microphone
+
+            summary = run_microphone(scorer, machine, sink, base, device_index, window_s, hop_s, heartbeat_s, duration_s, log)
+            log(summary)
+            return
+        ch = "mean" if channel == "mean" else int(channel)
+        n_ok = n_bad = n_anom = 0
+        for path in iter_wavs(paths):
+            try:
+                r = scorer.score_file(path, machine, ch)
+            except MtadError as exc:
+                n_bad += 1
+                log(f"error: {exc}")
+                continue
+            n_ok += 1
+            n_anom += r.anomaly
+            sink.write({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "file": str(path), **r.to_json(), **base, "dropped_samples": 0})
+        log(f"scored {n_ok} clip(s): {n_anom} anomalous" + (f"; {n_bad} could not be scored" if n_bad else ""))
+        if n_bad:
+            sys.exit(EXIT_INPUTS_FAILED)
+    finally:
+        sink.close()

@@ -1,0 +1,122 @@
+"""The device pipeline: audio -> log-mel -> per-type normalisation -> model -> scores -> decision."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .audio import load_audio, validate
+from .bundle import Bundle
+from .dataset import parse_machine_from_path
+from .errors import AudioError, BundleError
+from .features import LogMelExtractor
+from .windows import clip_outputs
+
+
+@dataclass
+class ScoreResult:
+    machine: str
+    score: float
+    threshold: float
+    anomaly: bool
+    recon_score: float
+    class_score: float
+    frontend_ms: float
+    inference_ms: float
+    scoring_ms: float
+
+    @property
+    def latency_ms(self) -> float:
+        return self.frontend_ms + self.inference_ms + self.scoring_ms
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["latency_ms"] = round(self.latency_ms, 3)
+        for k in ("frontend_ms", "inference_ms", "scoring_ms"):
+            d[k] = round(d[k], 3)
+        for k in ("recon_score", "class_score"):
+            d[k] = None if not np.isfinite(d[k]) else d[k]
+        return d
+
+
+class EdgeScorer:
+    """Scores audio for one bundle with one runner (both built once and reused)."""
+
+    def __init__(self, bundle: Bundle, runner):
+        self.bundle = bundle
+        self.runner = runner
+        self.extract = LogMelExtractor()
+        self.sample_rate = self.extract.cfg.sample_rate
+        self.min_samples = (bundle.window - 1) * self.extract.cfg.hop_length
+
+    def check_machine(self, machine: str) -> str:
+        if machine not in self.bundle.stats.class_map:
+            raise BundleError(f"machine {machine!r} is not in this bundle (has: {', '.join(self.bundle.stats.class_map)})")
+        return machine
+
+    def score_audio(self, audio: np.ndarray, machine: str, name: str = "audio") -> ScoreResult:
+        """Score mono float audio at 16 kHz for ``machine`` ('type/id')."""
+        self.check_machine(machine)
+        validate(audio, self.sample_rate, name, min_seconds=self.min_samples / self.sample_rate)
+        t0 = time.perf_counter()
+        x = self.bundle.stats.type_stats(machine.split("/")[0]).norm.apply(self.extract(audio))
+        t1 = time.perf_counter()
+        timing = {}
+
+        def timed_infer(batch):
+            s = time.perf_counter()
+            out = self.runner.infer(batch)
+            timing["inference"] = time.perf_counter() - s
+            return out
+
+        residual, logits = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
+        t2 = time.perf_counter()
+        rec, cls = self.bundle.stats.score_pair(machine, residual, logits)
+        score = self.bundle.stats.final_score(machine, rec, cls)
+        threshold = self.bundle.stats.threshold(machine)
+        t3 = time.perf_counter()
+        inference = timing["inference"]
+        return ScoreResult(machine, score, threshold, bool(score > threshold), rec, cls,
+                           (t1 - t0) * 1000, inference * 1000, ((t2 - t1 - inference) + (t3 - t2)) * 1000)
+
+    def score_file(self, path: Path, machine: str | None = None, channel: int | str = 0) -> ScoreResult:
+        if machine is None:
+            parsed = parse_machine_from_path(Path(path))
+            if parsed is None:
+                raise AudioError(f"{path}: cannot tell the machine from the file name; pass --machine TYPE/ID")
+            machine = "/".join(parsed)
+        audio = load_audio(path, self.sample_rate, channel, min_seconds=self.min_samples / self.sample_rate)
+        return self.score_audio(audio, machine, str(path))
+
+
+def choose_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0, log=None):
+    """Pick a runner: auto prefers a TensorRT engine, then ORT with TensorRT/CUDA/CPU providers."""
+    from .runners import available_ort_providers
+
+    if backend in ("auto", "tensorrt"):
+        engine_variant = next((v for v in bundle.variants.values() if v.kind == "tensorrt" and v.precision == precision), None)
+        reason = None
+        if engine_variant is None:
+            reason = f"the bundle has no {precision} TensorRT engine"
+        else:
+            try:
+                from .tensorrt_runner import TensorRTRunner
+
+                runner = TensorRTRunner(bundle.root / engine_variant.file, precision, bundle.manifest["variants"][engine_variant.name].get("engine_key"))
+                if log:
+                    log(f"backend: {runner.describe()}")
+                return runner
+            except Exception as exc:  # missing TensorRT / GPU / engine for another device
+                reason = str(exc)
+        if backend == "tensorrt":
+            raise BundleError(f"--backend tensorrt: {reason}")
+        if log:
+            log(f"backend: TensorRT not used ({reason})")
+    provider = "auto" if backend in ("auto", "onnxruntime") else backend
+    runner = bundle.onnx_runner(precision, provider, threads)
+    if log:
+        log(f"backend: {runner.describe()} (available providers: {', '.join(available_ort_providers())})")
+    return runner

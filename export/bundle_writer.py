@@ -1,0 +1,146 @@
+"""``mtad-export``'s library side: write a self-describing, hash-checked edge bundle."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import yaml
+
+from mtad.calibration.calibration_set import CalibrationSet, build_calibration_set, save_calibration_set
+from mtad.edge_runtime import __version__
+from mtad.edge_runtime.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, STATS, load_bundle, sha256_file
+from mtad.edge_runtime.errors import ConfigError
+from mtad.edge_runtime.features import FeatureConfig
+from mtad.edge_runtime.runners import OnnxRuntimeRunner
+from mtad.train.checkpoint import CHECKPOINT, model_from_checkpoint, norms_from_checkpoint
+from mtad.train.evaluate import load_run
+from mtad.train.reference import TorchRunner
+
+from .onnx_export import INPUT, OPSET, OUTPUTS, convert_fp16, export_fp32
+from .quantize import quantize_int8
+
+
+def compare_outputs(runner, reference: TorchRunner, windows: np.ndarray) -> dict:
+    """Max/mean absolute error per output and argmax agreement of the logits vs PyTorch."""
+    p, lg = runner.infer(windows)
+    rp, rlg = reference.infer(windows)
+    return {
+        "prediction": {"max_abs": float(np.abs(p - rp).max()), "mean_abs": float(np.abs(p - rp).mean())},
+        "logits": {"max_abs": float(np.abs(lg - rlg).max()), "mean_abs": float(np.abs(lg - rlg).mean())},
+        "argmax_agreement": float((lg.argmax(1) == rlg.argmax(1)).mean()),
+        "n_windows": int(len(windows)),
+    }
+
+
+def export_bundle(
+    run_dir: str | Path,
+    out: str | Path,
+    fp16: bool = False,
+    int8: bool = False,
+    calib_data: str | Path | None = None,
+    calib_windows: int = 512,
+    calib_method: str = "minmax",
+    int8_reduce_range: bool = False,
+    int8_exclude: list[str] | None = None,
+    engine: bool = False,
+    force: bool = False,
+    progress: bool = True,
+    log=print,
+) -> dict:
+    """Export a trained run to a bundle directory ``out``; returns the manifest.
+
+    The bundle is assembled in a temporary sibling directory and renamed into place, so a
+    failed export never leaves half a bundle (and never destroys an existing one).
+    """
+    run_dir, out = Path(run_dir), Path(out)
+    run = load_run(run_dir)
+    if int8 and calib_data is None:
+        raise ConfigError("--int8 needs --calib-data DATA: training normals to calibrate activation ranges on")
+    if engine:
+        from .tensorrt_build import require_tensorrt
+
+        require_tensorrt()  # fail before any work, with the reason
+    if out.exists() and not force:
+        raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
+
+    model = model_from_checkpoint(run.ckpt)
+    norms = norms_from_checkpoint(run.ckpt)
+    reference = TorchRunner(model)
+    mcfg = run.model_cfg
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "models").mkdir(parents=True)
+    try:
+        calib: CalibrationSet | None = None
+        if calib_data is not None:
+            calib = build_calibration_set(calib_data, norms, run.stats.class_map, mcfg.window, calib_windows,
+                                          model_digest=sha256_file(run_dir / CHECKPOINT), progress=progress)
+            save_calibration_set(calib, run_dir / "calibration")
+            heldout, heldout_source = calib.heldout, "held-out training-normal windows (clips not used for calibration)"
+        else:
+            heldout = np.random.default_rng(0).standard_normal((32, mcfg.n_mels, mcfg.window)).astype(np.float32)
+            heldout_source = "random normal windows (no --calib-data given)"
+
+        variants, checks = {}, {}
+        log("export: FP32 ONNX")
+        fp32_proto = export_fp32(model, tmp / "models" / "fp32.onnx")
+        variants["fp32"] = {"precision": "fp32", "kind": "onnx", "file": "models/fp32.onnx"}
+        if fp16:
+            log("export: FP16 ONNX")
+            onnx.save(convert_fp16(fp32_proto), str(tmp / "models" / "fp16.onnx"))
+            variants["fp16"] = {"precision": "fp16", "kind": "onnx", "file": "models/fp16.onnx"}
+        int8_info = None
+        if int8:
+            log(f"export: INT8 ONNX (calibrating on {len(calib.windows)} windows, {calib_method})")
+            int8_info = quantize_int8(tmp / "models" / "fp32.onnx", calib, tmp / "models" / "int8.onnx", calib_method, int8_reduce_range, int8_exclude)
+            variants["int8"] = {"precision": "int8", "kind": "onnx", "file": "models/int8.onnx", "reduce_range": int8_reduce_range}
+        for name, v in variants.items():
+            runner = OnnxRuntimeRunner(tmp / v["file"], v["precision"], "CPUExecutionProvider", reduce_range=v.get("reduce_range", False))
+            checks[name] = compare_outputs(runner, reference, heldout)
+            checks[name]["runner"] = runner.describe()
+            c = checks[name]
+            log(f"check {name}: logits max|err| {c['logits']['max_abs']:.2e}, prediction mean|err| {c['prediction']['mean_abs']:.2e}, argmax agreement {c['argmax_agreement']:.1%}")
+
+        run.stats.save(tmp / STATS)
+        if engine:
+            from .tensorrt_build import build_engines_into
+
+            variants.update(build_engines_into(tmp, variants, mcfg, log=log))
+
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        manifest = {
+            "format": FORMAT,
+            "schema_version": SCHEMA_VERSION,
+            "mtad_version": __version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "source_run": str(run_dir.resolve()),
+            "task": run.task,
+            "feature_config": FeatureConfig().to_dict(),
+            "model_config": mcfg.to_dict(),
+            "inference": {"input": INPUT, "outputs": list(OUTPUTS), "window": mcfg.window, "warmup": mcfg.warmup, "opset": OPSET},
+            "class_map": list(run.stats.class_map),
+            "variants": variants,
+            "files": files,
+            "sizes_bytes": {name: (tmp / v["file"]).stat().st_size for name, v in variants.items()},
+            "calibration": None if calib is None else {**{k: calib.manifest[k] for k in ("key", "settings", "n_windows", "per_machine")},
+                                                       "n_sources": len(calib.manifest["sources"]), "quantization": int8_info},
+            "export_check": {"inputs": heldout_source, "variants": checks},
+        }
+        (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
+        load_bundle(tmp)  # the bundle we wrote must pass our own loader
+        if out.exists():  # --force: swap in the new bundle, then drop the old one
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest

@@ -1,0 +1,36 @@
+"""``mtad-export``: a trained run -> an edge bundle (FP32 ONNX, optional FP16/INT8, TensorRT engines)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from mtad.edge_runtime.cli_common import parse_csv, report_errors
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--run", "run_dir", required=True, type=click.Path(path_type=Path), help="Run directory from mtad-train.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Bundle directory to create.")
+@click.option("--fp16", is_flag=True, help="Add an FP16 ONNX variant (float32 inputs/outputs).")
+@click.option("--int8", is_flag=True, help="Add an INT8 Q/DQ ONNX variant (needs --calib-data).")
+@click.option("--calib-data", type=click.Path(path_type=Path), help="Data root whose training normals calibrate INT8.")
+@click.option("--calib-windows", default=512, show_default=True, help="Calibration windows, spread over machine types and ids.")
+@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
+@click.option("--int8-reduce-range", is_flag=True, help="7-bit INT8 weights: fast fused kernels on CPUs without VNNI (costs accuracy).")
+@click.option("--int8-exclude", help="Comma-separated ONNX node names kept in float.")
+@click.option("--engine", is_flag=True, help="Also build TensorRT engines for this machine's GPU.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--quiet", is_flag=True)
+@report_errors
+def main(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range, int8_exclude, engine, force, quiet):
+    """Export RUN to a bundle the edge runtime loads (mtad-edge --bundle OUT)."""
+    from .bundle_writer import export_bundle
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    manifest = export_bundle(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range,
+                             parse_csv(int8_exclude), engine, force, progress=not quiet, log=log)
+    sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest["sizes_bytes"].items())
+    worst = max(manifest["export_check"]["variants"].items(), key=lambda kv: kv[1]["logits"]["max_abs"])
+    click.echo(f"bundle {out}: {sizes}; worst logits error {worst[1]['logits']['max_abs']:.2e} ({worst[0]}), "
+               f"argmax agreement {min(c['argmax_agreement'] for c in manifest['export_check']['variants'].values()):.1%}")
