@@ -58,7 +58,7 @@ def main() -> None:
     def ref(y):
         return librosa.power_to_db(
             librosa.feature.melspectrogram(y=y, sr=16000, n_fft=2048, hop_length=512, n_mels=128, pad_mode="constant"),
-            ref=1.0, amin=1e-10, top_db=None,
+            ref=1.0, amin=1e-8, top_db=None,
         )
 
     max_rel = 0.0

@@ -45,6 +45,8 @@ def validate(audio: np.ndarray, sample_rate: int, name: str, min_seconds: float 
     if not np.isfinite(audio).all():
         bad = int((~np.isfinite(audio)).sum())
         raise AudioError(f"{name}: {bad} non-finite samples (NaN/inf)")
+    if not np.any(audio):
+        raise AudioError(f"{name}: digital silence (all samples zero): muted or disconnected microphone?")
     return audio
 
 

@@ -115,3 +115,37 @@ def score(bundle_dir, machine, backend, precision, threads, channel, out_path, m
             sys.exit(EXIT_INPUTS_FAILED)
     finally:
         sink.close()
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--clip", type=click.Path(dir_okay=False, path_type=Path), help="10 s WAV to time (default: first test clip of --data or synthetic).")
+@click.option("--machine", help="TYPE/ID of the clip (default: parsed from its name, else the bundle's first machine).")
+@click.option("--repeats", default=20, show_default=True)
+@click.option("--threads", default=1, show_default=True, help="Threads for every backend (1 = one CPU core).")
+@click.option("--torch-run", type=click.Path(path_type=Path), help="Training run: adds a PyTorch eager FP32 row (needs torch).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+@report_errors
+def bench(bundle_dir, clip, machine, repeats, threads, torch_run, json_path):
+    """Time every variant in the bundle on the same clip, each in its own process."""
+    import tempfile
+
+    import numpy as np
+    import soundfile as sf
+
+    from .bench import format_results, machine_description, run_bench
+    from .bundle import load_bundle
+    from .dataset import parse_machine_from_path
+
+    bundle = load_bundle(bundle_dir)
+    with tempfile.TemporaryDirectory() as tmp:
+        if clip is None:
+            clip = Path(tmp) / "noise.wav"
+            sf.write(clip, (0.05 * np.random.default_rng(0).standard_normal(160000)).astype(np.float32), 16000)
+        if machine is None:
+            parsed = parse_machine_from_path(clip)
+            machine = "/".join(parsed) if parsed and "/".join(parsed) in bundle.class_map else bundle.class_map[0]
+        results = run_bench(bundle_dir, clip, machine, repeats, threads, torch_run, log=lambda m: click.echo(m, err=True))
+    click.echo(format_results(results, machine_description() + f", {threads} thread(s)"))
+    if json_path:
+        json_path.write_text(json.dumps({"machine": machine_description(), "threads": threads, "results": results}, indent=1))

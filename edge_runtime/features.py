@@ -2,7 +2,9 @@
 
 Settings follow the paper: 16 kHz, n_fft 2048, hop 512, 128 Slaney mel bands.
 The STFT is centred with zero padding (librosa >= 0.11's default ``pad_mode="constant"``),
-a periodic Hann window and power 2; the log is ``10*log10(max(mel, 1e-10))``.
+a periodic Hann window and power 2; the log is ``10*log10(max(mel, 1e-8))``. The floor sits at
+the 16-bit quantisation-noise level of a mel band, so float or resampled input (which has no
+quantisation noise in bands a resampler cut away) gives the same features as a 16-bit recording.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ class FeatureConfig:
     fmax: float = SAMPLE_RATE / 2
     power: float = 2.0
     pad_mode: str = "constant"
-    log_floor: float = 1e-10
+    log_floor: float = 1e-8
 
     def to_dict(self) -> dict:
         return asdict(self)

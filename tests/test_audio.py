@@ -42,8 +42,9 @@ def test_resamples_44k1_to_16k(tmp_path):
         (lambda p: write(p, np.zeros(0, np.float32)), "empty"),
         (lambda p: write(p, np.zeros(100, np.float32)), "too short"),
         (lambda p: write(p, np.full(16000, np.nan, np.float32), subtype="FLOAT"), "non-finite"),
+        (lambda p: write(p, np.zeros(16000, np.float32)), "digital silence"),
     ],
-    ids=["zero-bytes", "corrupt-header", "no-samples", "too-short", "nan"],
+    ids=["zero-bytes", "corrupt-header", "no-samples", "too-short", "nan", "silent"],
 )
 def test_bad_files_raise_one_line_naming_the_file(tmp_path, make, message):
     path = tmp_path / "bad.wav"

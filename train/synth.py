@@ -402,6 +402,9 @@ def factory_background(n: int, rng: np.random.Generator) -> np.ndarray:
     return bg / _rms(bg)
 
 
+_ANTI_ALIAS = signal.butter(8, 7000, btype="lowpass", fs=SR, output="sos")
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     """What ``mtad-synth`` writes; defaults make the demo set (~1000 clips)."""
@@ -440,6 +443,9 @@ def render_clip(cfg: SynthConfig, machine_type: str, machine_id: str, split: str
     machine = machine / _rms(machine)
     snr = rng.uniform(*cfg.snr_db)
     mix = machine + factory_background(n, rng) * 10 ** (-snr / 20)
+    # The recording chain's anti-alias roll-off: real 16 kHz captures have little energy above
+    # ~0.45 fs, and a device recorded at 44.1/48 kHz and resampled to 16 kHz loses that band too.
+    mix = signal.sosfilt(_ANTI_ALIAS, mix)
     gain_db = -24 + rng.uniform(-1.0, 1.0)  # RMS level, well below clipping
     mix = mix / _rms(mix) * 10 ** (gain_db / 20)
     return np.clip(mix, -1.0, 1.0).astype(np.float32)

@@ -1,0 +1,115 @@
+"""``mtad-edge bench``: per backend and precision, front-end / inference / scoring ms per clip,
+real-time factor, peak RSS and start-up time. Each variant runs in its own process so that
+start-up and memory are its own; all run on the same clip in the same invocation."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _limit_threads(threads: int) -> None:
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+
+
+def worker(bundle_dir: str, backend: str, precision: str, clip: str, machine: str, repeats: int, threads: int, torch_run: str | None) -> dict:
+    """Runs inside the child process; returns the measurements."""
+    t0 = time.perf_counter()
+    import numpy as np
+
+    from .audio import load_audio
+    from .bundle import load_bundle
+    from .pipeline import EdgeScorer, choose_runner
+
+    bundle = load_bundle(bundle_dir)
+    if backend == "pytorch":
+        import torch
+
+        torch.set_num_threads(threads)
+        from mtad.train.checkpoint import load_checkpoint, model_from_checkpoint
+        from mtad.train.reference import TorchRunner
+
+        runner = TorchRunner(model_from_checkpoint(load_checkpoint(torch_run)))
+    else:
+        runner = choose_runner(bundle, backend, precision, threads)
+    scorer = EdgeScorer(bundle, runner)
+    audio = load_audio(clip)
+    first = scorer.score_audio(audio, machine)
+    startup = time.perf_counter() - t0
+    runs = [scorer.score_audio(audio, machine) for _ in range(repeats)]
+    med = lambda xs: statistics.median(xs)  # noqa: E731
+    fe, inf, sc = med([r.frontend_ms for r in runs]), med([r.inference_ms for r in runs]), med([r.scoring_ms for r in runs])
+    seconds = len(audio) / 16000
+    return {
+        "backend": runner.describe() if hasattr(runner, "describe") else "pytorch eager",
+        "precision": runner.precision, "frontend_ms": fe, "inference_ms": inf, "scoring_ms": sc, "total_ms": fe + inf + sc,
+        "real_time_factor": (fe + inf + sc) / 1000 / seconds, "startup_s": startup,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "score": first.score,
+        "torch_loaded": "torch" in sys.modules,
+    }
+
+
+def run_bench(bundle_dir: Path, clip: Path, machine: str, repeats: int = 20, threads: int = 1, torch_run: Path | None = None, log=print) -> list[dict]:
+    from .bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    combos = [("onnxruntime", v.precision) for v in bundle.variants.values() if v.kind == "onnx"]
+    combos += [("tensorrt", v.precision) for v in bundle.variants.values() if v.kind == "tensorrt"]
+    if torch_run is not None:
+        combos.insert(0, ("pytorch", "fp32"))
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    results = []
+    for backend, precision in combos:
+        code = (
+            "import json, sys; from mtad.edge_runtime.bench import worker; "
+            f"print('RESULT', json.dumps(worker({str(bundle_dir)!r}, {backend!r}, {precision!r}, {str(clip)!r}, {machine!r}, {repeats}, {threads}, {str(torch_run) if torch_run else None!r})))"
+        )
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+        line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+        if proc.returncode != 0 or line is None:
+            log(f"bench {backend}/{precision}: failed ({(proc.stderr.strip().splitlines() or ['?'])[-1]})")
+            continue
+        r = json.loads(line[len("RESULT "):])
+        results.append(r)
+        log(f"bench {r['backend']}: {r['total_ms']:.1f} ms per clip")
+    return results
+
+
+def format_results(results: list[dict], machine_desc: str) -> str:
+    lines = [f"machine: {machine_desc}", "",
+             "| backend | precision | front end ms | inference ms | scoring ms | total ms | real-time factor | start-up s | peak RSS MB |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['backend']} | {r['precision']} | {r['frontend_ms']:.2f} | {r['inference_ms']:.2f} | {r['scoring_ms']:.2f} | "
+                     f"{r['total_ms']:.2f} | {r['real_time_factor']:.4f} | {r['startup_s']:.2f} | {r['peak_rss_mb']:.0f} |")
+    base = next((r for r in results if r["backend"] == "pytorch eager"), None)
+    if base:
+        lines.append("")
+        for r in results:
+            if r is not base:
+                lines.append(f"- {r['backend']}: {base['total_ms'] / r['total_ms']:.2f}x faster end to end than PyTorch eager FP32")
+    return "\n".join(lines)
+
+
+def machine_description() -> str:
+    import platform
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
+
+
+_ = _limit_threads
