@@ -37,6 +37,22 @@ def compare_outputs(runner, reference: TorchRunner, windows: np.ndarray) -> dict
     }
 
 
+def record_reference_scores(bundle, reference: TorchRunner, ref: dict) -> dict:
+    """Scores of the shipped reference clips by PyTorch and by each ONNX variant, at export time."""
+    from mtad.edge_runtime.pipeline import EdgeScorer
+
+    from .reference_set import REFERENCE_FILE
+
+    runners = {"pytorch": reference}
+    runners.update({name: bundle.onnx_runner(v.precision, "CPUExecutionProvider") for name, v in bundle.variants.items() if v.kind == "onnx"})
+    scores = {}
+    for name, runner in runners.items():
+        scorer = EdgeScorer(bundle, runner)
+        scores[name] = [float(scorer.score_audio(a.astype(np.float32) / 32768.0, str(m)).score) for a, m in zip(ref["audio"], ref["machines"])]
+    return {"file": REFERENCE_FILE, "n_clips": int(len(ref["keys"])), "seconds": float(ref["audio"].shape[1] / 16000),
+            "keys": [str(k) for k in ref["keys"]], "labels": [int(v) for v in ref["labels"]], "scores": scores}
+
+
 def export_bundle(
     run_dir: str | Path,
     out: str | Path,
@@ -107,6 +123,13 @@ def export_bundle(
             log(f"check {name}: logits max|err| {c['logits']['max_abs']:.2e}, prediction mean|err| {c['prediction']['mean_abs']:.2e}, argmax agreement {c['argmax_agreement']:.1%}")
 
         run.stats.save(tmp / STATS)
+        reference_set = None
+        if calib_data is not None:
+            from .reference_set import build_reference_set, save_reference_set
+
+            reference_set = build_reference_set(Path(calib_data), run.stats.class_map, mcfg.window)
+            if reference_set is not None:
+                save_reference_set(reference_set, tmp)
         if engine:
             from .tensorrt_build import build_engines_into
 
@@ -132,7 +155,10 @@ def export_bundle(
             "export_check": {"inputs": heldout_source, "variants": checks},
         }
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-        load_bundle(tmp)  # the bundle we wrote must pass our own loader
+        bundle = load_bundle(tmp)  # the bundle we wrote must pass our own loader
+        if reference_set is not None:
+            manifest["reference"] = record_reference_scores(bundle, reference, reference_set)
+            (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
         if out.exists():  # --force: swap in the new bundle, then drop the old one
             old = out.parent / f".{out.name}.old-{os.getpid()}"
             os.replace(out, old)

@@ -15,7 +15,7 @@ def test_eval_cli_json_plots_and_schema(tiny_run, tiny_synth, tmp_path):
     assert len(m["machines"]) == 16
     for e in m["machines"]:
         assert {"machine_type", "machine_id", "auc", "pauc", "n_normal", "n_anomaly"} <= set(e)
-        assert e["n_normal"] == e["n_anomaly"] == 2 and 0 <= e["auc"] <= 1
+        assert e["n_normal"] == e["n_anomaly"] == 4 and 0 <= e["auc"] <= 1
     assert set(m["types"]) == {"fan", "pump", "slider", "valve"} and 0 <= m["mean"]["auc"] <= 1
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "score_histograms.png").stat().st_size > 1000
@@ -30,9 +30,9 @@ def test_unreadable_clip_is_excluded_and_counted(tiny_run, tiny_synth, tmp_path)
     metrics, scores = evaluate(tiny_run, data, progress=False)
     assert metrics["n_excluded"] == 1 and metrics["excluded"][0]["path"] == str(broken)
     assert str(broken) not in {s.path for s in scores}
-    assert len(scores) == 16 * 4 - 1
+    assert len(scores) == 16 * 8 - 1
     fan00 = next(m for m in metrics["machines"] if m["machine_id"] == "id_00" and m["machine_type"] == "fan")
-    assert broken.name.startswith("anomaly_id_00") and fan00["n_anomaly"] == 1
+    assert broken.name.startswith("anomaly_id_00") and fan00["n_anomaly"] == 3
 
 
 def test_refit_and_compare(tiny_run, tiny_synth, tmp_path):

@@ -1,0 +1,101 @@
+"""QA parity: the PyTorch reference vs every variant of a bundle, by AUC drift per machine.
+
+Variants are scored through the edge runtime's own path (audio -> front end -> bundle
+normalisation -> runner -> bundle statistics), so a wrong normalisation or corrupted
+scale inside a bundle shows up here even when its tensors look plausible.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mtad.edge_runtime.bundle import Bundle, load_bundle
+from mtad.edge_runtime.dataset import scan_dataset
+from mtad.edge_runtime.errors import AudioError, BundleError
+from mtad.edge_runtime.parity import Scored, compare
+from mtad.edge_runtime.pipeline import EdgeScorer
+
+from .reference_set import load_reference_set
+
+
+def bundle_runners(bundle: Bundle, log=print) -> dict:
+    """Every variant of the bundle with a runner, and the reasons for those that cannot run here."""
+    runners, skipped = {}, {}
+    for name, v in bundle.variants.items():
+        try:
+            if v.kind == "onnx":
+                runners[f"onnxruntime-{v.precision}"] = bundle.onnx_runner(v.precision, "CPUExecutionProvider")
+            else:
+                from mtad.edge_runtime.tensorrt_runner import TensorRTRunner
+
+                runners[f"tensorrt-{v.precision}"] = TensorRTRunner(bundle.root / v.file, v.precision, bundle.manifest["variants"][name].get("engine_key"))
+        except Exception as exc:
+            skipped[f"{v.kind}-{v.precision}"] = str(exc)
+    if not any(v.kind == "tensorrt" for v in bundle.variants.values()):
+        try:
+            from mtad.edge_runtime.tensorrt_runner import require_tensorrt
+
+            require_tensorrt()
+            skipped["tensorrt"] = "bundle has no TensorRT engines (build them with mtad-edge build-engine or mtad-export --engine)"
+        except Exception as exc:
+            skipped["tensorrt"] = str(exc)
+    for name, why in skipped.items():
+        log(f"parity: {name} skipped: {why}")
+    return {"runners": runners, "skipped": skipped}
+
+
+def _score_files(scorer: EdgeScorer, clips) -> list[Scored]:
+    out = []
+    for c in clips:
+        try:
+            r = scorer.score_file(c.path, c.machine)
+        except AudioError:
+            continue  # the reference excludes it too
+        out.append(Scored(str(c.path), c.machine, c.label, r.score, r.threshold))
+    return out
+
+
+def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, float], progress: bool = True, log=print):
+    """PyTorch (run statistics) vs each bundle variant on DATA's test clips."""
+    from tqdm import tqdm
+
+    from mtad.train.evaluate import load_run, score_split
+
+    run = load_run(run_dir)
+    bundle = load_bundle(bundle_dir)
+    if bundle.class_map != run.stats.class_map:
+        raise BundleError(f"{bundle_dir} was not exported from {run_dir} (machines differ)")
+    index = scan_dataset(data)
+    ref_scores, failed = score_split(run, index, progress=progress)
+    reference = [Scored(s.path, s.machine, s.label, s.score, s.threshold) for s in ref_scores]
+    clips = [c for c in index.select("test") if c.machine in set(bundle.class_map) and str(c.path) not in failed]
+    found = bundle_runners(bundle, log)
+    results, scored = {}, {}
+    for name, runner in found["runners"].items():
+        scorer = EdgeScorer(bundle, runner)
+        scored[name] = _score_files(scorer, tqdm(clips, desc=f"parity {name}", unit="clip", disable=not progress))
+        results[name] = compare(reference, scored[name], budgets[runner.precision])
+    return results, found["skipped"], reference, scored
+
+
+def device_parity(bundle_dir: Path, budgets: dict[str, float], log=print):
+    """On the device: each runnable variant vs the PyTorch scores recorded at export time,
+    on the reference clips shipped in the bundle (edge runtime only, no torch)."""
+    bundle = load_bundle(bundle_dir)
+    rec = bundle.manifest.get("reference")
+    if not rec:
+        raise BundleError(f"{bundle_dir}: bundle has no reference set (export with --calib-data pointing at labelled test clips)")
+    ref = load_reference_set(bundle.root)
+    keys = [str(k) for k in ref["keys"]]
+    reference = [Scored(k, str(m), int(lab), float(s), bundle.stats.threshold(str(m)))
+                 for k, m, lab, s in zip(keys, ref["machines"], ref["labels"], rec["scores"]["pytorch"])]
+    found = bundle_runners(bundle, log)
+    results, scored = {}, {}
+    for name, runner in found["runners"].items():
+        scorer = EdgeScorer(bundle, runner)
+        scored[name] = [Scored(k, str(m), int(lab), scorer.score_audio(a.astype(np.float32) / 32768.0, str(m)).score, bundle.stats.threshold(str(m)))
+                        for k, m, lab, a in zip(keys, ref["machines"], ref["labels"], ref["audio"])]
+        results[name] = compare(reference, scored[name], budgets[runner.precision])
+    return results, found["skipped"], reference, scored
