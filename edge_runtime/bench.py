@@ -14,31 +14,23 @@ import time
 from pathlib import Path
 
 
-def _limit_threads(threads: int) -> None:
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
+def make_runner(bundle, backend: str, precision: str, threads: int, extra: str | None):
+    from .pipeline import choose_runner
+
+    return choose_runner(bundle, backend, precision, threads)
 
 
-def worker(bundle_dir: str, backend: str, precision: str, clip: str, machine: str, repeats: int, threads: int, torch_run: str | None) -> dict:
-    """Runs inside the child process; returns the measurements."""
+def worker(bundle_dir: str, backend: str, precision: str, clip: str, machine: str, repeats: int, threads: int,
+           extra: str | None = None, make=make_runner) -> dict:
+    """Runs inside the child process; returns the measurements. ``make`` builds the runner
+    (other packages pass their own, e.g. a PyTorch reference, without this module knowing them)."""
     t0 = time.perf_counter()
-    import numpy as np
-
     from .audio import load_audio
     from .bundle import load_bundle
-    from .pipeline import EdgeScorer, choose_runner
+    from .pipeline import EdgeScorer
 
     bundle = load_bundle(bundle_dir)
-    if backend == "pytorch":
-        import torch
-
-        torch.set_num_threads(threads)
-        from mtad.train.checkpoint import load_checkpoint, model_from_checkpoint
-        from mtad.train.reference import TorchRunner
-
-        runner = TorchRunner(model_from_checkpoint(load_checkpoint(torch_run)))
-    else:
-        runner = choose_runner(bundle, backend, precision, threads)
+    runner = make(bundle, backend, precision, threads, extra)
     scorer = EdgeScorer(bundle, runner)
     audio = load_audio(clip)
     first = scorer.score_audio(audio, machine)
@@ -48,7 +40,7 @@ def worker(bundle_dir: str, backend: str, precision: str, clip: str, machine: st
     fe, inf, sc = med([r.frontend_ms for r in runs]), med([r.inference_ms for r in runs]), med([r.scoring_ms for r in runs])
     seconds = len(audio) / 16000
     return {
-        "backend": runner.describe() if hasattr(runner, "describe") else "pytorch eager",
+        "backend": runner.describe() if hasattr(runner, "describe") else f"{runner.backend} eager",
         "precision": runner.precision, "frontend_ms": fe, "inference_ms": inf, "scoring_ms": sc, "total_ms": fe + inf + sc,
         "real_time_factor": (fe + inf + sc) / 1000 / seconds, "startup_s": startup,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "score": first.score,
@@ -56,20 +48,26 @@ def worker(bundle_dir: str, backend: str, precision: str, clip: str, machine: st
     }
 
 
-def run_bench(bundle_dir: Path, clip: Path, machine: str, repeats: int = 20, threads: int = 1, torch_run: Path | None = None, log=print) -> list[dict]:
+def bundle_combos(bundle) -> list[tuple[str, str, str, str | None]]:
+    """(worker module, backend, precision, extra) for every variant of the bundle."""
+    combos = [("mtad.edge_runtime.bench", "onnxruntime", v.precision, None) for v in bundle.variants.values() if v.kind == "onnx"]
+    for precision in ("fp32", "fp16", "int8"):
+        if bundle.engine(precision)[0] is not None:
+            combos.append(("mtad.edge_runtime.bench", "tensorrt", precision, None))
+    return combos
+
+
+def run_bench(bundle_dir: Path, clip: Path, machine: str, repeats: int = 20, threads: int = 1, extra_combos=(), log=print) -> list[dict]:
+    """Time each combo in its own process; ``extra_combos`` are prepended (module, backend, precision, extra)."""
     from .bundle import load_bundle
 
-    bundle = load_bundle(bundle_dir)
-    combos = [("onnxruntime", v.precision) for v in bundle.variants.values() if v.kind == "onnx"]
-    combos += [("tensorrt", v.precision) for v in bundle.variants.values() if v.kind == "tensorrt"]
-    if torch_run is not None:
-        combos.insert(0, ("pytorch", "fp32"))
+    combos = list(extra_combos) + bundle_combos(load_bundle(bundle_dir))
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     results = []
-    for backend, precision in combos:
+    for module, backend, precision, extra in combos:
         code = (
-            "import json, sys; from mtad.edge_runtime.bench import worker; "
-            f"print('RESULT', json.dumps(worker({str(bundle_dir)!r}, {backend!r}, {precision!r}, {str(clip)!r}, {machine!r}, {repeats}, {threads}, {str(torch_run) if torch_run else None!r})))"
+            f"import json; from {module} import worker; "
+            f"print('RESULT', json.dumps(worker({str(bundle_dir)!r}, {backend!r}, {precision!r}, {str(clip)!r}, {machine!r}, {repeats}, {threads}, {extra!r})))"
         )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -89,7 +87,7 @@ def format_results(results: list[dict], machine_desc: str) -> str:
     for r in results:
         lines.append(f"| {r['backend']} | {r['precision']} | {r['frontend_ms']:.2f} | {r['inference_ms']:.2f} | {r['scoring_ms']:.2f} | "
                      f"{r['total_ms']:.2f} | {r['real_time_factor']:.4f} | {r['startup_s']:.2f} | {r['peak_rss_mb']:.0f} |")
-    base = next((r for r in results if r["backend"] == "pytorch eager"), None)
+    base = next((r for r in results if r["backend"].startswith("pytorch")), None)
     if base:
         lines.append("")
         for r in results:
@@ -111,5 +109,3 @@ def machine_description() -> str:
         pass
     return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
 
-
-_ = _limit_threads

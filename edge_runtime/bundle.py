@@ -69,6 +69,19 @@ class Bundle:
         have = ", ".join(f"{v.kind}/{v.precision}" for v in self.variants.values())
         raise BundleError(f"{self.root}: no {kind} variant at {precision} in this bundle (has: {have}); export it with mtad-export --{precision}")
 
+    def engine(self, precision: str) -> tuple[Path | None, dict | None]:
+        """A TensorRT engine for ``precision``: exported with the bundle, or built on this
+        device by ``mtad-edge build-engine`` (found by its key file)."""
+        for name, v in self.variants.items():
+            if v.kind == "tensorrt" and v.precision == precision:
+                return self.root / v.file, self.manifest["variants"][name].get("engine_key")
+        built = self.root / "engines" / f"{precision}.engine"
+        if built.is_file() and built.with_suffix(".key.json").is_file():
+            import json
+
+            return built, json.loads(built.with_suffix(".key.json").read_text())
+        return None, None
+
     def onnx_runner(self, precision: str = "fp32", provider: str = "auto", threads: int = 0) -> OnnxRuntimeRunner:
         v = self.variant(Precision(precision).value, "onnx")
         return OnnxRuntimeRunner(self.root / v.file, v.precision, provider, threads, v.reduce_range)

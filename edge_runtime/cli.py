@@ -123,11 +123,12 @@ def score(bundle_dir, machine, backend, precision, threads, channel, out_path, m
 @click.option("--machine", help="TYPE/ID of the clip (default: parsed from its name, else the bundle's first machine).")
 @click.option("--repeats", default=20, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="Threads for every backend (1 = one CPU core).")
-@click.option("--torch-run", type=click.Path(path_type=Path), help="Training run: adds a PyTorch eager FP32 row (needs torch).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @report_errors
-def bench(bundle_dir, clip, machine, repeats, threads, torch_run, json_path):
-    """Time every variant in the bundle on the same clip, each in its own process."""
+def bench(bundle_dir, clip, machine, repeats, threads, json_path):
+    """Time every variant in the bundle on the same clip, each in its own process.
+
+    The comparison with PyTorch eager lives in benchmarks/edge_bench.py (needs torch)."""
     import tempfile
 
     import numpy as np
@@ -145,7 +146,38 @@ def bench(bundle_dir, clip, machine, repeats, threads, torch_run, json_path):
         if machine is None:
             parsed = parse_machine_from_path(clip)
             machine = "/".join(parsed) if parsed and "/".join(parsed) in bundle.class_map else bundle.class_map[0]
-        results = run_bench(bundle_dir, clip, machine, repeats, threads, torch_run, log=lambda m: click.echo(m, err=True))
+        results = run_bench(bundle_dir, clip, machine, repeats, threads, log=lambda m: click.echo(m, err=True))
     click.echo(format_results(results, machine_description() + f", {threads} thread(s)"))
     if json_path:
         json_path.write_text(json.dumps({"machine": machine_description(), "threads": threads, "results": results}, indent=1))
+
+
+@main.command("build-engine")
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp16", "int8", "fp32"]), help="Default: every ONNX variant.")
+@click.option("--max-batch", default=32, show_default=True)
+@report_errors
+def build_engine_cmd(bundle_dir, precisions, max_batch):
+    """Build TensorRT engines for this device's GPU from the bundle's ONNX variants.
+
+    Engines go to BUNDLE/engines/ with a key file; the manifest is not rewritten (its hashes
+    cover what was exported), so engines are found by their key files.
+    """
+    from .bundle import load_bundle
+    from .tensorrt_build import build_engine
+    from .tensorrt_runner import require_tensorrt
+
+    require_tensorrt()
+
+    bundle = load_bundle(bundle_dir)
+    (bundle.root / "engines").mkdir(exist_ok=True)
+    for v in bundle.variants.values():
+        if v.kind != "onnx" or (precisions and v.precision not in precisions):
+            continue
+        engine = bundle.root / "engines" / f"{v.precision}.engine"
+        tmp = engine.with_suffix(".engine.tmp")
+        build_engine(bundle.root / v.file, tmp, v.precision, bundle.window, int(bundle.manifest["model_config"]["n_mels"]), max_batch,
+                     log=lambda m: click.echo(m, err=True))
+        tmp.replace(engine)
+        tmp.with_suffix(".key.json").replace(engine.with_suffix(".key.json"))
+        click.echo(f"engine: {engine}")

@@ -97,15 +97,15 @@ def choose_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32"
     from .runners import available_ort_providers
 
     if backend in ("auto", "tensorrt"):
-        engine_variant = next((v for v in bundle.variants.values() if v.kind == "tensorrt" and v.precision == precision), None)
+        engine_path, key = bundle.engine(precision)
         reason = None
-        if engine_variant is None:
-            reason = f"the bundle has no {precision} TensorRT engine"
+        if engine_path is None:
+            reason = f"the bundle has no {precision} TensorRT engine (build one with mtad-edge build-engine)"
         else:
             try:
                 from .tensorrt_runner import TensorRTRunner
 
-                runner = TensorRTRunner(bundle.root / engine_variant.file, precision, bundle.manifest["variants"][engine_variant.name].get("engine_key"))
+                runner = TensorRTRunner(engine_path, precision, key)
                 if log:
                     log(f"backend: {runner.describe()}")
                 return runner

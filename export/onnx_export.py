@@ -66,4 +66,6 @@ def convert_fp16(fp32: onnx.ModelProto, keep_fp32_ops: list[str] | None = None) 
     from onnxconverter_common import float16
 
     proto = route_outputs_through_identity(onnx.ModelProto.FromString(fp32.SerializeToString()))
-    return float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=keep_fp32_ops or None, disable_shape_infer=False)
+    with warnings.catch_warnings():  # it warns for every weight below FP16's range; expected
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=keep_fp32_ops or None, disable_shape_infer=False)

@@ -33,7 +33,16 @@ def bundle_runners(bundle: Bundle, log=print) -> dict:
                 runners[f"tensorrt-{v.precision}"] = TensorRTRunner(bundle.root / v.file, v.precision, bundle.manifest["variants"][name].get("engine_key"))
         except Exception as exc:
             skipped[f"{v.kind}-{v.precision}"] = str(exc)
-    if not any(v.kind == "tensorrt" for v in bundle.variants.values()):
+    for precision in ("fp16", "int8", "fp32"):
+        path, key = bundle.engine(precision)
+        if path is not None and f"tensorrt-{precision}" not in runners:
+            try:
+                from mtad.edge_runtime.tensorrt_runner import TensorRTRunner
+
+                runners[f"tensorrt-{precision}"] = TensorRTRunner(path, precision, key)
+            except Exception as exc:
+                skipped[f"tensorrt-{precision}"] = str(exc)
+    if not any(n.startswith("tensorrt") for n in list(runners) + list(skipped)):
         try:
             from mtad.edge_runtime.tensorrt_runner import require_tensorrt
 

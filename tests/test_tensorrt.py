@@ -18,7 +18,7 @@ def test_engine_build_matches_onnx_and_is_keyed(tiny_bundle, tmp_path):
     from mtad.edge_runtime.bundle import load_bundle
     from mtad.edge_runtime.errors import BundleError
     from mtad.edge_runtime.tensorrt_runner import TensorRTRunner
-    from mtad.export.tensorrt_build import build_engine
+    from mtad.edge_runtime.tensorrt_build import build_engine
 
     bundle = load_bundle(tiny_bundle)
     x = np.random.default_rng(0).standard_normal((4, 128, bundle.window)).astype(np.float32)
