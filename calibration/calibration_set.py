@@ -20,6 +20,7 @@ import numpy as np
 from mtad.edge_runtime.dataset import Clip, scan_dataset
 from mtad.edge_runtime.errors import MtadError
 from mtad.edge_runtime.features import FeatureConfig, Normalization
+from mtad.edge_runtime.hashing import sha256_file
 
 MIN_WINDOWS = 32
 HELDOUT_FRACTION = 0.2
@@ -39,14 +40,6 @@ class CalibrationSet:
     def batches(self, batch_size: int = 32):
         for i in range(0, len(self.windows), batch_size):
             yield self.windows[i : i + batch_size]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _sample(store, indices, n, window, norms, rng):
@@ -95,7 +88,7 @@ def build_calibration_set(
         raise CalibrationError(f"{data}: no training normals of the run's machines ({', '.join(machines)}) to calibrate on")
     if n_windows < MIN_WINDOWS:
         raise CalibrationError(f"--calib-windows {n_windows} is below the minimum of {MIN_WINDOWS}")
-    sources = [{"path": str(c.path), "sha256": _sha256(c.path)} for c in clips]
+    sources = [{"path": str(c.path), "sha256": sha256_file(c.path)} for c in clips]
     settings = {
         "n_windows": n_windows, "window": window, "seed": seed, "heldout_fraction": HELDOUT_FRACTION,
         "feature_config": FeatureConfig().to_dict(), "model_sha256": model_digest,

@@ -6,7 +6,6 @@ of every file listed in the manifest. A bundle that does not match is refused wi
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import yaml
 from . import __version__
 from .errors import BundleError
 from .features import FeatureConfig
+from .hashing import sha256_file
 from .runners import OnnxRuntimeRunner, Precision
 from .scoring import ScoringStats
 
@@ -22,14 +22,6 @@ FORMAT = "mtad-bundle"
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.yaml"
 STATS = "stats.npz"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

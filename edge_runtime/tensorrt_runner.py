@@ -6,13 +6,13 @@ any device whose key differs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BundleError, MtadError
+from .hashing import sha256_file
 
 
 class TensorRTUnavailable(MtadError):
@@ -65,7 +65,7 @@ def engine_key(onnx_path: Path) -> dict:
 
     info = gpu_info()
     return {
-        "onnx_sha256": hashlib.sha256(Path(onnx_path).read_bytes()).hexdigest(),
+        "onnx_sha256": sha256_file(onnx_path),
         "tensorrt_version": trt.__version__,
         "gpu": info["name"],
         "compute_capability": info["compute_capability"],

@@ -13,7 +13,8 @@ import yaml
 
 from mtad.calibration.calibration_set import CalibrationSet, build_calibration_set, save_calibration_set
 from mtad.edge_runtime import __version__
-from mtad.edge_runtime.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, STATS, load_bundle, sha256_file
+from mtad.edge_runtime.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, STATS, load_bundle
+from mtad.edge_runtime.hashing import sha256_file
 from mtad.edge_runtime.errors import ConfigError
 from mtad.edge_runtime.features import FeatureConfig
 from mtad.edge_runtime.runners import OnnxRuntimeRunner
@@ -53,6 +54,41 @@ def record_reference_scores(bundle, reference: TorchRunner, ref: dict) -> dict:
             "keys": [str(k) for k in ref["keys"]], "labels": [int(v) for v in ref["labels"]], "scores": scores}
 
 
+class _AccuracyControl:
+    """Validation for accuracy-controlled variants: PyTorch scores of DATA's labelled test clips."""
+
+    def __init__(self, run, data, budgets: dict[str, float], log):
+        from mtad.edge_runtime.dataset import scan_dataset
+        from mtad.edge_runtime.parity import Scored
+        from mtad.train.evaluate import score_split
+
+        if data is None:
+            raise ConfigError("--accuracy-budget needs --calib-data with labelled test clips to validate on")
+        self.index = scan_dataset(data)
+        if len({c.label for c in self.index.select("test")}) < 2:
+            raise ConfigError("--accuracy-budget needs labelled test clips (normal and anomaly) in --calib-data to validate on")
+        self.run, self.budgets, self.log = run, budgets, log
+
+        def scored(runner=None):
+            scores, _ = score_split(run, self.index, runner=runner, progress=False)
+            return [Scored(s.path, s.machine, s.label, s.score, s.threshold) for s in scores]
+
+        self.score_variant = scored
+        self.reference = scored()
+
+    def int8(self, tmp: Path, calib, method, reduce_range) -> dict:
+        from .accuracy_control import accuracy_controlled_int8
+
+        return accuracy_controlled_int8(tmp / "models" / "fp32.onnx", calib, tmp / "models" / "int8.onnx", self.reference,
+                                        self.score_variant, self.budgets["int8"], method, reduce_range, log=self.log)
+
+    def fp16(self, tmp: Path, windows) -> dict:
+        from .accuracy_control import accuracy_controlled_fp16
+
+        return accuracy_controlled_fp16(tmp / "models" / "fp32.onnx", windows, tmp / "models" / "fp16.onnx", self.reference,
+                                        self.score_variant, self.budgets["fp16"], log=self.log)
+
+
 def export_bundle(
     run_dir: str | Path,
     out: str | Path,
@@ -63,6 +99,7 @@ def export_bundle(
     calib_method: str = "minmax",
     int8_reduce_range: bool = False,
     int8_exclude: list[str] | None = None,
+    accuracy_budget: dict[str, float] | None = None,
     engine: bool = False,
     force: bool = False,
     progress: bool = True,
@@ -106,14 +143,24 @@ def export_bundle(
         log("export: FP32 ONNX")
         fp32_proto = export_fp32(model, tmp / "models" / "fp32.onnx")
         variants["fp32"] = {"precision": "fp32", "kind": "onnx", "file": "models/fp32.onnx"}
-        if fp16:
+        control = _AccuracyControl(run, calib_data, accuracy_budget, log) if accuracy_budget else None
+        fp16_info = None
+        if fp16 and control and "fp16" in accuracy_budget:
+            log(f"export: FP16 ONNX with accuracy control (|dAUC| <= {accuracy_budget['fp16']} per machine on the labelled test clips)")
+            fp16_info = control.fp16(tmp, heldout)
+        elif fp16:
             log("export: FP16 ONNX")
             onnx.save(convert_fp16(fp32_proto), str(tmp / "models" / "fp16.onnx"))
+        if fp16:
             variants["fp16"] = {"precision": "fp16", "kind": "onnx", "file": "models/fp16.onnx"}
         int8_info = None
-        if int8:
+        if int8 and control and "int8" in accuracy_budget:
+            log(f"export: INT8 ONNX with accuracy control (|dAUC| <= {accuracy_budget['int8']} per machine on the labelled test clips)")
+            int8_info = control.int8(tmp, calib, calib_method, int8_reduce_range)
+        elif int8:
             log(f"export: INT8 ONNX (calibrating on {len(calib.windows)} windows, {calib_method})")
             int8_info = quantize_int8(tmp / "models" / "fp32.onnx", calib, tmp / "models" / "int8.onnx", calib_method, int8_reduce_range, int8_exclude)
+        if int8:
             variants["int8"] = {"precision": "int8", "kind": "onnx", "file": "models/int8.onnx", "reduce_range": int8_reduce_range}
         for name, v in variants.items():
             runner = OnnxRuntimeRunner(tmp / v["file"], v["precision"], "CPUExecutionProvider", reduce_range=v.get("reduce_range", False))
@@ -153,6 +200,7 @@ def export_bundle(
             "calibration": None if calib is None else {**{k: calib.manifest[k] for k in ("key", "settings", "n_windows", "per_machine")},
                                                        "n_sources": len(calib.manifest["sources"]), "quantization": int8_info},
             "export_check": {"inputs": heldout_source, "variants": checks},
+            "fp16": fp16_info,
         }
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
         bundle = load_bundle(tmp)  # the bundle we wrote must pass our own loader

@@ -20,6 +20,18 @@ class CalibrationMethod(str, Enum):
     PERCENTILE = "percentile"
 
 
+def preprocess(fp32_path: Path, out_path: Path) -> Path:
+    """onnxruntime's recommended pre-quantisation pass (shape inference, graph clean-up).
+
+    Deterministic: node names in its output are what ``nodes_to_exclude`` refers to.
+    """
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+
+    quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=True)
+    return out_path
+
+
 def quantize_int8(
     fp32_path: Path,
     calib: CalibrationSet,
@@ -28,6 +40,7 @@ def quantize_int8(
     reduce_range: bool = False,
     nodes_to_exclude: list[str] | None = None,
     batch_size: int = 32,
+    preprocessed: bool = False,
 ) -> dict:
     """Write an INT8 Q/DQ model; zero points are all 0 (TensorRT's parser requires symmetric).
 
@@ -35,7 +48,6 @@ def quantize_int8(
     """
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization import CalibrationMethod as OrtMethod
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     method = CalibrationMethod(method)
     validate_windows(calib.windows, calib.windows.shape[1], calib.windows.shape[2])
@@ -53,8 +65,7 @@ def quantize_int8(
     if method is CalibrationMethod.PERCENTILE:
         extra["CalibPercentile"] = 99.99
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
+        pre = fp32_path if preprocessed else preprocess(fp32_path, Path(tmp) / "pre.onnx")
         quantize_static(
             str(pre), str(out_path), Reader(),
             quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,

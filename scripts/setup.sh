@@ -18,9 +18,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK=1
 # that pip finds on local disk here; on a GPU workstation install your CUDA torch first
 # (any torch >= 2.2 that is already installed is kept).
 if ! "$PY" -W ignore -c "import torch" 2>/dev/null; then
-  "$PY" -m pip install -q "torch==${MTAD_TORCH_VERSION:-2.13.0}" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+  "$PY" -m pip install -q "torch==${MTAD_TORCH_VERSION:-2.13.0}" >"$VENV/install-torch.log" 2>&1 || { cat "$VENV/install-torch.log" >&2; exit 1; }
   "$PY" -W ignore -c "import torch" || { echo "setup: torch install failed" >&2; exit 1; }
 fi
-"$PY" -m pip install -q -e ".[train,dev]" 2>&1 | grep -v "^WARNING: Location" >&2 || true
+"$PY" -m pip install -q -e ".[train,dev]" >"$VENV/install.log" 2>&1 || { cat "$VENV/install.log" >&2; exit 1; }
 "$PY" -c "import mtad.edge_runtime, mtad.train, onnxruntime, sklearn, librosa" || { echo "setup: install failed" >&2; exit 1; }
 echo "$want" > "$stamp"

@@ -20,6 +20,7 @@ from mtad.edge_runtime.audio import load_audio
 from mtad.edge_runtime.dataset import Clip
 from mtad.edge_runtime.errors import AudioError
 from mtad.edge_runtime.features import FeatureConfig, LogMelExtractor
+from mtad.edge_runtime.hashing import sha256_file
 
 
 CACHE_FORMAT = 2  # bump when the on-disk layout changes; it is part of every key
@@ -46,19 +47,11 @@ class FeatureStore:
         return len(self.clips)
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(clips: list[Clip], cfg: FeatureConfig) -> str:
     h = hashlib.sha256(json.dumps({"format": CACHE_FORMAT, **cfg.to_dict()}, sort_keys=True).encode())
     for c in clips:
         h.update(f"{c.machine}/{c.split}/{c.label}/{c.index}:".encode())
-        h.update(_file_digest(c.path).encode())
+        h.update(sha256_file(c.path).encode())
     return h.hexdigest()[:32]
 
 

@@ -5,8 +5,6 @@ Uses the session's tiny run and bundle (conftest). Budgets are the defaults of m
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -16,14 +14,14 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 from sklearn.metrics import roc_auc_score
 
-from mtad.edge_runtime.bundle import sha256_file
+from mtad.edge_runtime.hashing import sha256_file
 from mtad.edge_runtime.parity import DEFAULT_BUDGETS, roc_auc
 from mtad.export.parity import device_parity, full_parity
 from mtad.export.parity_cli import EXIT_OVER_BUDGET
 from mtad.export.parity_cli import main as parity_main
 
 from ..conftest import shared_data
-from ..test_imports import BLOCK_TORCH
+from ..test_imports import run_blocked
 
 
 def rehash(bundle, rel):
@@ -102,13 +100,12 @@ def test_corrupted_int8_scales_are_caught(tiny_run, tiny_bundle, tiny_synth, tmp
 def test_device_parity_runs_without_torch(tiny_bundle):
     results, *_ = device_parity(tiny_bundle, DEFAULT_BUDGETS, log=lambda m: None)
     assert results["onnxruntime-fp32"]["over_budget"] == []
-    code = BLOCK_TORCH + (
+    res = run_blocked(
         "import sys\nfrom mtad.export.parity_cli import main\n"
         f"try:\n    main(['--bundle', {str(tiny_bundle)!r}, '--quiet'])\n"
         "except SystemExit as e:\n    code = e.code\n"
         "assert 'torch' not in sys.modules\nprint('exit', code)\n"
     )
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "recorded pytorch scores" in res.stdout and res.stdout.strip().endswith("exit 0")
 

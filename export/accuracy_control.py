@@ -1,0 +1,142 @@
+"""Accuracy-controlled reduced precision: keep the layers that hurt most in float32 until the
+AUC drift against PyTorch holds on a labelled validation set (the ModelOpt/anomalib INT8_ACQ
+idea, driven by detection quality rather than tensor error). Used for INT8 (layers kept out of
+quantisation) and FP16 (layers kept out of the float16 conversion).
+
+Layers are ranked by Polygraphy, which runs the FP32 and reduced graphs in ONNX Runtime with
+every intermediate tensor marked as an output and compares them.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from mtad.calibration.calibration_set import CalibrationSet
+from mtad.edge_runtime.errors import MtadError
+from mtad.edge_runtime.parity import Scored, compare
+from mtad.edge_runtime.runners import OnnxRuntimeRunner, int8_cpu_optimization_level
+
+from .onnx_export import INPUT, convert_fp16
+from .quantize import preprocess, quantize_int8
+
+QUANTIZED_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "MaxPool", "GlobalAveragePool", "ReduceMean", "Sigmoid", "Tanh", "Pad"}
+
+
+def rank_layers(fp32_path: Path, int8_path: Path, windows: np.ndarray, reduce_range: bool = False) -> list[tuple[str, float]]:
+    """Nodes of the FP32 graph ranked by the error the reduced model (``int8_path``: INT8 or
+    FP16) adds at their output.
+
+    A node's local error is the normalised mean |FP32 - INT8| of its output minus the largest
+    such error among its inputs: errors accumulate downstream, so raw output error would
+    always blame the last layers.
+    """
+    import onnxruntime as ort
+    from polygraphy import constants
+    from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
+    from polygraphy.backend.onnxrt import OnnxrtRunner
+    from polygraphy.comparator import Comparator
+    from polygraphy.logger import G_LOGGER
+
+    try:
+        from polygraphy.comparator import SimpleCompareFunc  # polygraphy >= 0.50
+    except ImportError:
+        from polygraphy.comparator import CompareFunc
+
+        SimpleCompareFunc = CompareFunc.simple
+
+    def runner(path: Path, name: str, level):
+        model_bytes = BytesFromOnnx(ModifyOutputs(OnnxFromPath(str(path)), outputs=constants.MARK_ALL))()
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        so.log_severity_level = 3
+        return OnnxrtRunner(ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"]), name=name)
+
+    basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    runners = [runner(fp32_path, "fp32", basic), runner(int8_path, "int8", int8_cpu_optimization_level(reduce_range))]
+    feeds = [{INPUT: np.ascontiguousarray(windows[i : i + 16])} for i in range(0, min(len(windows), 64), 16)]
+    # INT8 differs from FP32 everywhere by design: Polygraphy's per-tensor FAILED lines are noise here.
+    with G_LOGGER.verbosity(G_LOGGER.CRITICAL):
+        results = Comparator.run(runners, data_loader=feeds)
+        accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(check_shapes=False))
+    pair = accuracy if hasattr(accuracy, "values") else accuracy[0]  # newer Polygraphy: a list, one per runner pair
+    per_iter = list(pair.values())[0]
+    fp32_outputs = dict(results.items())["fp32"]
+    err: dict[str, float] = {}
+    for it, compared in enumerate(per_iter):
+        for tensor, res in compared.items():
+            scale = float(np.std(fp32_outputs[it][tensor])) + 1e-12
+            err[tensor] = err.get(tensor, 0.0) + res.mean_absdiff / scale / len(per_iter)
+    graph = onnx.load(str(fp32_path)).graph
+    ranked = []
+    for node in graph.node:
+        if node.op_type not in QUANTIZED_OPS or not node.output or node.output[0] not in err:
+            continue
+        upstream = max((err.get(i, 0.0) for i in node.input), default=0.0)
+        ranked.append((node.name, err[node.output[0]] - upstream))
+    return sorted(ranked, key=lambda t: -t[1])
+
+
+def control_loop(build, rank, out_path: Path, precision: str, reference: list[Scored], score_variant, budget: float,
+                 reduce_range: bool = False, max_rounds: int = 8, log=print) -> dict:
+    """``build(excluded) -> info`` writes ``out_path``; while some machine's |dAUC| is over
+    ``budget``, keep more of the ``rank(out_path)``-worst layers in float32 (2, 4, 8, ...)."""
+    excluded: list[str] = []
+    history = []
+    step = 2
+    for round_ in range(max_rounds + 1):
+        info = build(excluded)
+        runner = OnnxRuntimeRunner(out_path, precision, "CPUExecutionProvider", reduce_range=reduce_range)
+        res = compare(reference, score_variant(runner), budget)
+        worst = res["max_abs_dauc"] or 0.0
+        history.append({"excluded": len(excluded), "max_abs_dauc": worst, "over_budget": res["over_budget"]})
+        log(f"{precision} accuracy control round {round_}: {len(excluded)} layer(s) in float32, max |dAUC| {worst:.4f} (budget {budget})")
+        if not res["over_budget"]:
+            break
+        if round_ == max_rounds:
+            raise MtadError(f"{precision.upper()} stays over the accuracy budget {budget} (max |dAUC| {worst:.4f}) after keeping "
+                            f"{len(excluded)} layers in float32; export without it or raise --accuracy-budget")
+        ranked = [n for n, _ in rank(out_path) if n not in excluded]
+        excluded += ranked[:step]
+        step *= 2
+    info.update(accuracy_budget=budget, excluded_nodes=list(excluded), accuracy_rounds=history)
+    return info
+
+
+def accuracy_controlled_int8(
+    fp32_path: Path,
+    calib: CalibrationSet,
+    out_path: Path,
+    reference: list[Scored],
+    score_variant,
+    budget: float,
+    method: str = "minmax",
+    reduce_range: bool = False,
+    max_rounds: int = 8,
+    log=print,
+) -> dict:
+    """INT8 with the worst layers left unquantised until the budget holds. ``score_variant(runner) -> list[Scored]``."""
+    windows = calib.heldout if len(calib.heldout) else calib.windows
+    with tempfile.TemporaryDirectory() as tmp:
+        pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
+        return control_loop(
+            lambda excluded: quantize_int8(pre, calib, out_path, method, reduce_range, excluded, preprocessed=True),
+            lambda path: rank_layers(pre, path, windows, reduce_range),
+            out_path, "int8", reference, score_variant, budget, reduce_range, max_rounds, log,
+        )
+
+
+def accuracy_controlled_fp16(fp32_path: Path, windows: np.ndarray, out_path: Path, reference: list[Scored], score_variant,
+                             budget: float, max_rounds: int = 8, log=print) -> dict:
+    """FP16 with the worst layers left in float32 until the budget holds."""
+    fp32 = onnx.load(str(fp32_path))
+
+    def build(excluded):
+        onnx.save(convert_fp16(fp32, keep_fp32_nodes=excluded), str(out_path))
+        return {"format": "float16", "io": "float32"}
+
+    return control_loop(build, lambda path: rank_layers(fp32_path, path, windows), out_path, "fp16", reference, score_variant,
+                        budget, max_rounds=max_rounds, log=log)
