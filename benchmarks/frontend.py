@@ -86,7 +86,9 @@ def main() -> None:
     print("|---|---|---|---|")
     print(f"| steady state, ms per clip (median) | {steady_ours:.2f} | {steady_ref:.2f} | {steady_ref / steady_ours:.2f}x |")
     print(f"| first clip in a fresh process, ms (after import) | {first_ours:.1f} | {first_ref:.1f} | {first_ref / first_ours:.0f}x |")
-    print(f"| import + set-up in a fresh process, ms | {imp_ours:.1f} | {imp_ref:.1f} | {imp_ref / imp_ours:.1f}x |")
+    print(f"| import + set-up in a fresh process, ms | {imp_ours:.1f} | {imp_ref:.1f} | (librosa imports lazily) |")
+    total_ours, total_ref = imp_ours + first_ours, imp_ref + first_ref
+    print(f"| import + first clip, ms | {total_ours:.1f} | {total_ref:.1f} | {total_ref / total_ours:.1f}x |")
     print(f"| max relative error of mel power vs librosa | {max_rel:.1e} | | |")
 
 

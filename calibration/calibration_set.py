@@ -38,7 +38,13 @@ class CalibrationSet:
     manifest: dict
 
     def batches(self, batch_size: int = 32):
-        for i in range(0, len(self.windows), batch_size):
+        """Equal-size batches (the histogram calibrators stack them); the remainder is dropped
+        unless the set is smaller than one batch."""
+        n = len(self.windows)
+        if n <= batch_size:
+            yield self.windows
+            return
+        for i in range(0, n - batch_size + 1, batch_size):
             yield self.windows[i : i + batch_size]
 
 

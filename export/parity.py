@@ -84,7 +84,7 @@ def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, 
     results, scored = {}, {}
     for name, runner in found["runners"].items():
         scorer = EdgeScorer(bundle, runner)
-        scored[name] = _score_files(scorer, tqdm(clips, desc=f"parity {name}", unit="clip", disable=not progress))
+        scored[name] = _score_files(scorer, tqdm(clips, desc=f"parity {name}", unit="clip", disable=None if progress else True))
         results[name] = compare(reference, scored[name], budgets[runner.precision])
     return results, found["skipped"], reference, scored
 

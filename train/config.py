@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import yaml
@@ -123,5 +122,3 @@ def with_classes(cfg: RunConfig, n_classes: int, n_mels: int) -> RunConfig:
 def save_config(cfg: RunConfig, path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-
-_ = dataclasses, field  # re-exported names used by tests

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -235,5 +235,3 @@ def evaluate(run_dir: str | Path, data: str | Path, progress: bool = True) -> tu
     scores, failed = score_split(run, scan_dataset(data), progress=progress)
     return compute_metrics(scores, failed), scores
 
-
-_ = asdict

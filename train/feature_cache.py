@@ -76,7 +76,7 @@ def load_features(
 
     extract = LogMelExtractor(cfg)
     feats, kept, failed = [], [], {}
-    for i, c in enumerate(tqdm(clips, desc="log-mel", unit="clip", disable=not progress)):
+    for i, c in enumerate(tqdm(clips, desc="log-mel", unit="clip", disable=None if progress else True)):
         try:
             feats.append(extract(load_audio(c.path, cfg.sample_rate)))
             kept.append(i)

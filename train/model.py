@@ -3,7 +3,7 @@ reconstruction head and a ResNet-18 machine-id classifier."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F

@@ -39,7 +39,7 @@ def write_dataset(cfg: SynthConfig, out: str | Path, workers: int | None = None,
         (out / d).mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     args = [(cfg, j, str(out)) for j in jobs]
-    bar = tqdm(total=len(jobs), unit="clip", desc="synthesising", disable=not progress)
+    bar = tqdm(total=len(jobs), unit="clip", desc="synthesising", disable=None if progress else True)
     if workers == 1:
         for a in args:
             _write_one(a)

@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -119,7 +119,7 @@ def plot_losses(run_dir: Path, history: list[dict]) -> None:
 def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, model_cfg, progress=False, desc="scoring"):
     """``(machine, residual, logits)`` for each clip, through the shared windowing code."""
     out = []
-    for i in tqdm(indices, desc=desc, unit="clip", disable=not progress):
+    for i in tqdm(indices, desc=desc, unit="clip", disable=None if progress else True):
         c = store.clips[i]
         x = norms[c.machine_type].apply(np.asarray(store.get(i)))
         out.append((c.machine, *clip_outputs(x, runner.infer, model_cfg.window, model_cfg.warmup)))
@@ -185,7 +185,7 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
         rng = np.random.default_rng([tcfg.seed, epoch])
         t0 = time.time()
         sums = np.zeros(3)
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", disable=None if progress else True, leave=False)
         n = 0
         for batch in sampler.epoch(rng, tcfg.windows_per_clip, tcfg.batch_size, tcfg.mixup_prob):
             x = torch.from_numpy(batch.x).to(device)
@@ -214,5 +214,3 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
     stats.save(out / STATS)
     return TrainResult(out, history, stats, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
 
-
-_ = replace  # used by callers building configs
