@@ -109,6 +109,7 @@ def main() -> None:
         first, last = rss[: max(1, len(rss) // 10)].mean(), rss[-max(1, len(rss) // 10):].mean()
         print(f"RSS MB: first tenth {first:.1f}, last tenth {last:.1f}, max {rss.max():.1f} (growth {last - first:+.1f} MB)")
     print(f"peak RSS (ru_maxrss) {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    holder.clear()  # free the session (and soxr's stream) before interpreter shutdown
 
 
 if __name__ == "__main__":
