@@ -92,7 +92,8 @@ def format_results(results: list[dict], machine_desc: str) -> str:
         lines.append("")
         for r in results:
             if r is not base:
-                lines.append(f"- {r['backend']}: {base['total_ms'] / r['total_ms']:.2f}x faster end to end than PyTorch eager FP32")
+                ratio = base["total_ms"] / r["total_ms"]
+                lines.append(f"- {r['backend']}: end to end {ratio:.2f}x the speed of PyTorch eager FP32 ({'faster' if ratio > 1 else 'slower'})")
     return "\n".join(lines)
 
 

@@ -98,6 +98,8 @@ def score(bundle_dir, machine, backend, precision, threads, channel, out_path, m
             summary = run_microphone(scorer, machine, sink, base, device_index, window_s, hop_s, heartbeat_s, duration_s, log)
             log(summary)
             return
+        if channel != "mean" and not channel.isdigit():
+            raise click.UsageError(f"--channel takes a channel number or 'mean', got {channel!r}")
         ch = "mean" if channel == "mean" else int(channel)
         n_ok = n_bad = n_anom = 0
         for path in iter_wavs(paths):
@@ -119,7 +121,7 @@ def score(bundle_dir, machine, backend, precision, threads, channel, out_path, m
 
 @main.command()
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
-@click.option("--clip", type=click.Path(dir_okay=False, path_type=Path), help="10 s WAV to time (default: first test clip of --data or synthetic).")
+@click.option("--clip", type=click.Path(dir_okay=False, path_type=Path), help="10 s WAV to time (default: 10 s of seeded noise).")
 @click.option("--machine", help="TYPE/ID of the clip (default: parsed from its name, else the bundle's first machine).")
 @click.option("--repeats", default=20, show_default=True)
 @click.option("--threads", default=1, show_default=True, help="Threads for every backend (1 = one CPU core).")

@@ -83,6 +83,8 @@ def test_eight_channel_file_and_bundle_errors(tiny_bundle, tmp_path):
     assert json_lines(res.stdout)[0]["machine"] == "fan/id_00"
     res = CliRunner().invoke(edge_main, ["--bundle", str(tmp_path / "nope"), str(eight)])
     assert res.exit_code == 1 and res.output.startswith("error: ") and "not a bundle" in res.output
+    res = CliRunner().invoke(edge_main, ["--bundle", str(tiny_bundle), "--channel", "left", str(eight)])
+    assert res.exit_code == 2 and "--channel takes a channel number" in res.output
     res = CliRunner().invoke(edge_main, ["--bundle", str(tiny_bundle), "--machine", "robot/id_00", str(eight)])
     assert res.exit_code == EXIT_INPUTS_FAILED and "not in this bundle" in res.output
 
