@@ -59,7 +59,6 @@ class _AccuracyControl:
 
     def __init__(self, run, data, budgets: dict[str, float], log):
         from mtad.edge_runtime.dataset import scan_dataset
-        from mtad.edge_runtime.parity import Scored
         from mtad.train.evaluate import score_split
 
         if data is None:
@@ -69,9 +68,8 @@ class _AccuracyControl:
             raise ConfigError("--accuracy-budget needs labelled test clips (normal and anomaly) in --calib-data to validate on")
         self.run, self.budgets, self.log = run, budgets, log
 
-        def scored(runner=None):
-            scores, _ = score_split(run, self.index, runner=runner, progress=False)
-            return [Scored(s.path, s.machine, s.label, s.score, s.threshold) for s in scores]
+        def scored(runner=None):  # ClipScores carry what parity.compare reads (key, machine, label, score, threshold)
+            return score_split(run, self.index, runner=runner, progress=False)[0]
 
         self.score_variant = scored
         self.reference = scored()

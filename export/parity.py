@@ -77,8 +77,7 @@ def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, 
     if bundle.class_map != run.stats.class_map:
         raise BundleError(f"{bundle_dir} was not exported from {run_dir} (machines differ)")
     index = scan_dataset(data)
-    ref_scores, failed = score_split(run, index, progress=progress)
-    reference = [Scored(s.path, s.machine, s.label, s.score, s.threshold) for s in ref_scores]
+    reference, failed = score_split(run, index, progress=progress)
     clips = [c for c in index.select("test") if c.machine in set(bundle.class_map) and str(c.path) not in failed]
     found = bundle_runners(bundle, log)
     results, scored = {}, {}

@@ -67,6 +67,11 @@ class ClipScore:
     def anomaly(self) -> bool:
         return self.score > self.threshold
 
+    @property
+    def key(self) -> str:
+        """Clip identity for parity comparisons (edge_runtime.parity.compare)."""
+        return self.path
+
 
 def refit_stats(run: LoadedRun, data: str | Path, holdout: float = 0.0, progress: bool = True) -> ScoringStats:
     """Refit the scoring statistics on the run's training normals (or a held-out part)."""
