@@ -109,21 +109,19 @@ class MicStats:
     anomalies: int = 0
     input_overflows: int = 0
     bad_windows: int = 0
-    device_frames: int = 0
 
 
 class MicSession:
     """Owns the ring, the callback and the scoring thread for one input stream."""
 
-    def __init__(self, scorer, machine: str, sink, base: dict, in_rate: float, channels: int, window_s: float, hop_s: float,
-                 heartbeat_s: float, duration_s: float | None, log, ring_seconds: float | None = None):
-        self.scorer, self.machine, self.sink, self.base, self.log = scorer, machine, sink, base, log
+    def __init__(self, scorer, machine: str, sink, base: dict, in_rate: float, window_s: float, hop_s: float,
+                 heartbeat_s: float, duration_s: float | None, ring_seconds: float | None = None):
+        self.scorer, self.machine, self.sink, self.base = scorer, machine, sink, base
         sr = scorer.sample_rate
         self.window = int(round(window_s * sr))
         self.hop = int(round(hop_s * sr))
         if self.hop < 1 or self.window < scorer.min_samples:
             raise MicError(f"--window must be at least {scorer.min_samples / sr:.2f} s for this model and --hop > 0")
-        self.channels = channels
         self.resample = StreamResampler(in_rate, sr)
         self.ring = AudioRing(int((ring_seconds or max(2 * window_s, 30.0)) * sr))
         self.heartbeat_s = heartbeat_s
@@ -137,10 +135,7 @@ class MicSession:
     def callback(self, in_data, frame_count, time_info, status_flags):
         if status_flags & PA_INPUT_OVERFLOW:
             self.stats.input_overflows += 1
-        x = np.frombuffer(in_data, dtype=np.int16).astype(np.float32) / 32768.0
-        if self.channels > 1:
-            x = x.reshape(-1, self.channels)[:, 0]
-        self.stats.device_frames += frame_count
+        x = np.frombuffer(in_data, dtype=np.int16).astype(np.float32) / 32768.0  # the stream is opened mono
         self.ring.write(self.resample(x))
         return (None, PA_CONTINUE)
 
@@ -280,9 +275,8 @@ def run_microphone(scorer, machine, sink, base, device_index=None, window_s=10.0
     try:
         info = _device_info(pa, device_index)
         rate = _capture_rate(pa, pyaudio, info, scorer.sample_rate)
-        channels = 1
-        session = MicSession(scorer, machine, sink, base, rate, channels, window_s, hop_s, heartbeat_s, duration_s, log)
-        stream = pa.open(format=pyaudio.paInt16, channels=channels, rate=int(rate), input=True,
+        session = MicSession(scorer, machine, sink, base, rate, window_s, hop_s, heartbeat_s, duration_s)
+        stream = pa.open(format=pyaudio.paInt16, channels=1, rate=int(rate), input=True,
                          input_device_index=int(info["index"]), frames_per_buffer=frames_per_buffer, stream_callback=session.callback)
         log(f"mic: {info.get('name')} at {rate:.0f} Hz -> {scorer.sample_rate} Hz, window {window_s:g} s, hop {hop_s:g} s")
         session.thread.start()

@@ -115,8 +115,7 @@ def choose_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32"
             raise BundleError(f"--backend tensorrt: {reason}")
         if log:
             log(f"backend: TensorRT not used ({reason})")
-    provider = "auto" if backend in ("auto", "onnxruntime") else backend
-    runner = bundle.onnx_runner(precision, provider, threads)
+    runner = bundle.onnx_runner(precision, "auto", threads)
     if log:
         log(f"backend: {runner.describe()} (available providers: {', '.join(available_ort_providers())})")
     return runner
