@@ -19,7 +19,7 @@ from .runners import OnnxRuntimeRunner, Precision
 from .scoring import ScoringStats
 
 FORMAT = "mtad-bundle"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: per-id fusion statistics (scoring, components, centres, calibration)
 MANIFEST = "manifest.yaml"
 STATS = "stats.npz"
 

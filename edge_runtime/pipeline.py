@@ -13,6 +13,7 @@ from .bundle import Bundle
 from .dataset import parse_machine_from_path
 from .errors import AudioError, BundleError
 from .features import LogMelExtractor
+from .scoring import ClipEvidence
 from .windows import clip_outputs
 
 
@@ -22,8 +23,7 @@ class ScoreResult:
     score: float
     threshold: float
     anomaly: bool
-    recon_score: float
-    class_score: float
+    components: dict  # raw component scores (name -> value)
     frontend_ms: float
     inference_ms: float
     scoring_ms: float
@@ -37,8 +37,7 @@ class ScoreResult:
         d["latency_ms"] = round(self.latency_ms, 3)
         for k in ("frontend_ms", "inference_ms", "scoring_ms"):
             d[k] = round(d[k], 3)
-        for k in ("recon_score", "class_score"):
-            d[k] = None if not np.isfinite(d[k]) else d[k]
+        d["components"] = {k: (float(v) if np.isfinite(v) else None) for k, v in self.components.items()}
         return d
 
 
@@ -62,7 +61,8 @@ class EdgeScorer:
         self.check_machine(machine)
         validate(audio, self.sample_rate, name, min_seconds=self.min_samples / self.sample_rate)
         t0 = time.perf_counter()
-        x = self.bundle.stats.type_stats(machine.split("/")[0]).norm.apply(self.extract(audio))
+        logmel = self.extract(audio)
+        x = self.bundle.stats.type_stats(machine.split("/")[0]).norm.apply(logmel)
         t1 = time.perf_counter()
         timing = {}
 
@@ -74,12 +74,11 @@ class EdgeScorer:
 
         residual, logits = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
         t2 = time.perf_counter()
-        rec, cls = self.bundle.stats.score_pair(machine, residual, logits)
-        score = self.bundle.stats.final_score(machine, rec, cls)
+        parts = self.bundle.stats.score_parts(machine, ClipEvidence(residual, logits, logmel))
         threshold = self.bundle.stats.threshold(machine)
         t3 = time.perf_counter()
         inference = timing["inference"]
-        return ScoreResult(machine, score, threshold, bool(score > threshold), rec, cls,
+        return ScoreResult(machine, parts.score, threshold, bool(parts.score > threshold), parts.components,
                            (t1 - t0) * 1000, inference * 1000, ((t2 - t1 - inference) + (t3 - t2)) * 1000)
 
     def score_file(self, path: Path, machine: str | None = None, channel: int | str = 0) -> ScoreResult:

@@ -1,10 +1,22 @@
-"""The paper's anomaly scores (numpy only), used by evaluation and on the device alike.
+"""Anomaly scores (numpy only), used by evaluation and on the device alike.
 
-- reconstruction score: valve and slider -> mean squared next-frame error; other types ->
-  Mahalanobis distance of the per-bin squared error averaged over time (a 128-vector);
-- classification score: cross-entropy of the clip's true machine id (mean over windows);
-- final score: Mahalanobis distance of (reconstruction, classification) to the type's
-  training statistics. Single-task runs use their one score directly.
+Two scorings share one statistics file:
+
+- ``paper`` (Choi & Choi): reconstruction score = MSE for valve and slider, else the
+  Mahalanobis distance of the per-bin squared next-frame error to the *type's* statistics;
+  classification score = cross-entropy of the true id; final score = Mahalanobis distance of
+  (reconstruction, classification) to the type's statistics.
+- ``fusion`` (mtad's default): per-id component scores, each standardised against that id's
+  held-out normals, then averaged:
+
+  - ``recon``: Mahalanobis distance of the log per-bin mean squared next-frame error to the
+    id's centre (covariance shared within the type). Two-sided: an error that falls below
+    normal (a missing click) counts as much as one that rises;
+  - ``class``: cross-entropy of the true id (the paper's classification score);
+  - ``spectral``: Mahalanobis distance of the clip's log-mel mean and std per bin to the id's
+    centre (covariance shared within the type). No model involved.
+
+Single-task runs (``recon``, ``classify``) score with their one model score under ``paper``.
 """
 
 from __future__ import annotations
@@ -19,10 +31,24 @@ from .features import Normalization
 
 MSE_TYPES = frozenset({"valve", "slider"})  # sound spread over the whole band (paper)
 TASKS = ("multitask", "recon", "classify")
+SCORINGS = ("fusion", "paper")
+COMPONENTS = ("recon", "class", "spectral")
+DEFAULT_COMPONENTS = ("recon", "spectral")
+LOG_EPS = 1e-6  # floor inside log() of squared errors and distances
+# Adjacent mel bins pooled into bands before the per-id Gaussians: with ~10-40 normals per id,
+# 128 (or 256) dimensions leave the covariance mostly shrinkage, and neighbouring mel bins
+# are strongly correlated anyway. Measured in benchmarks/accuracy.py (README).
+RECON_BAND = 8  # 128 mels -> 16 bands of error
+SPECTRAL_BAND = 4  # 128 mels -> 32 bands of mean and of std
 
 
 def uses_mse(machine_type: str) -> bool:
     return machine_type in MSE_TYPES
+
+
+def task_components(task: str) -> tuple[str, ...]:
+    """The fusion components a model trained for ``task`` can provide."""
+    return {"multitask": COMPONENTS, "recon": ("recon", "spectral"), "classify": ("class", "spectral")}[task]
 
 
 def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> float:
@@ -37,6 +63,23 @@ def error_vector(residual: np.ndarray) -> np.ndarray:
     return (r * r).mean(axis=1)
 
 
+def band_mean(v: np.ndarray, width: int) -> np.ndarray:
+    """Mean of each run of ``width`` adjacent bins (the last band takes what is left)."""
+    return np.add.reduceat(v, np.arange(0, v.shape[0], width), axis=0) / np.diff(np.r_[np.arange(0, v.shape[0], width), v.shape[0]])
+
+
+def log_error_vector(residual: np.ndarray) -> np.ndarray:
+    """``log`` of the band-pooled :func:`error_vector`: closer to Gaussian, so a Mahalanobis
+    distance fits it, and a fall in error is as far from the centre as a rise."""
+    return np.log(band_mean(error_vector(residual), RECON_BAND) + LOG_EPS)
+
+
+def spectral_vector(logmel: np.ndarray) -> np.ndarray:
+    """The clip's log-mel mean and std over time, pooled into bands: ``(n_mels, T) -> (2 * bands,)``."""
+    x = logmel.astype(np.float64)
+    return np.concatenate([band_mean(x.mean(axis=1), SPECTRAL_BAND), band_mean(x.std(axis=1), SPECTRAL_BAND)])
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
@@ -49,14 +92,31 @@ def classification_score(logits: np.ndarray, class_index: int) -> float:
 
 
 @dataclass
+class ClipEvidence:
+    """What one clip gives the scorer: the model's outputs and the raw (unnormalised) log-mel."""
+
+    residual: np.ndarray | None  # (n_mels, T') input minus predicted next frame
+    logits: np.ndarray | None  # (N windows, K)
+    logmel: np.ndarray  # (n_mels, T)
+
+
+@dataclass
 class TypeStats:
-    """Scoring statistics of one machine type, fitted on training normals."""
+    """Per-type statistics: normalisation, and the ``paper`` scoring's Mahalanobis statistics."""
 
     norm: Normalization
     recon_mean: np.ndarray | None = None  # (n_mels,) for Mahalanobis types
     recon_precision: np.ndarray | None = None  # (n_mels, n_mels)
     final_mean: np.ndarray | None = None  # (2,)
     final_precision: np.ndarray | None = None  # (2, 2)
+
+
+@dataclass
+class ScoreParts:
+    """A clip's final score and its component scores (raw, before standardisation)."""
+
+    score: float
+    components: dict[str, float]
 
 
 @dataclass
@@ -68,6 +128,11 @@ class ScoringStats:
     types: dict[str, TypeStats]
     thresholds: dict[str, float] = field(default_factory=dict)  # "type/id" -> decision threshold
     false_alarm_rate: float = 0.1
+    scoring: str = "paper"
+    components: tuple[str, ...] = ()  # fusion components, in order
+    centres: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> mean vector
+    precisions: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type" -> shared precision
+    calibration: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> (mean, std) of log score
 
     def class_index(self, machine: str) -> int:
         try:
@@ -80,7 +145,12 @@ class ScoringStats:
             raise BundleError(f"machine type {machine_type!r} has no statistics (known: {', '.join(sorted(self.types))})")
         return self.types[machine_type]
 
-    # -- scores ------------------------------------------------------------------------
+    @property
+    def needs_model(self) -> bool:
+        """False when the final score uses no model output (spectral-only fusion)."""
+        return self.scoring == "paper" or any(c in ("recon", "class") for c in self.components)
+
+    # -- the paper's scores ----------------------------------------------------------------
     def recon_score(self, machine_type: str, residual: np.ndarray) -> float:
         if uses_mse(machine_type):
             return float(np.mean(residual.astype(np.float64) ** 2))
@@ -88,13 +158,14 @@ class ScoringStats:
         return mahalanobis(error_vector(residual), st.recon_mean, st.recon_precision)
 
     def score_pair(self, machine: str, residual: np.ndarray, logits: np.ndarray) -> tuple[float, float]:
-        """(reconstruction score, classification score) of one clip."""
+        """The paper's (reconstruction score, classification score) of one clip."""
         machine_type = machine.split("/")[0]
         rec = self.recon_score(machine_type, residual) if self.task != "classify" else float("nan")
         cls = classification_score(logits, self.class_index(machine)) if self.task != "recon" else float("nan")
         return rec, cls
 
     def final_score(self, machine: str, rec: float, cls: float) -> float:
+        """The paper's final score from its two parts."""
         if self.task == "recon":
             return rec
         if self.task == "classify":
@@ -102,8 +173,41 @@ class ScoringStats:
         st = self.type_stats(machine.split("/")[0])
         return mahalanobis(np.array([rec, cls]), st.final_mean, st.final_precision)
 
-    def score(self, machine: str, residual: np.ndarray, logits: np.ndarray) -> float:
-        return self.final_score(machine, *self.score_pair(machine, residual, logits))
+    # -- fusion components -----------------------------------------------------------------
+    def component_vector(self, component: str, ev: ClipEvidence) -> np.ndarray:
+        return log_error_vector(ev.residual) if component == "recon" else spectral_vector(ev.logmel)
+
+    def component_score(self, component: str, machine: str, ev: ClipEvidence) -> float:
+        """Raw score of one fusion component (larger = more anomalous)."""
+        if component == "class":
+            return classification_score(ev.logits, self.class_index(machine))
+        centre = self.centres.get(f"{component}|{machine}")
+        precision = self.precisions.get(f"{component}|{machine.split('/')[0]}")
+        if centre is None or precision is None:
+            raise BundleError(f"no {component} statistics for {machine!r}")
+        return mahalanobis(self.component_vector(component, ev), centre, precision)
+
+    def standardise(self, component: str, machine: str, raw: float) -> float:
+        """``(log raw - mean) / std`` against the id's held-out normals."""
+        cal = self.calibration.get(f"{component}|{machine}")
+        if cal is None:
+            raise BundleError(f"no {component} calibration for {machine!r}")
+        return float((np.log(raw + LOG_EPS) - cal[0]) / cal[1])
+
+    def fuse(self, machine: str, raw: dict[str, float]) -> float:
+        return float(np.mean([self.standardise(c, machine, raw[c]) for c in self.components]))
+
+    def score_parts(self, machine: str, ev: ClipEvidence) -> ScoreParts:
+        """Final score and component scores of one clip."""
+        if self.scoring == "paper":
+            rec, cls = self.score_pair(machine, ev.residual, ev.logits)
+            return ScoreParts(self.final_score(machine, rec, cls), {"recon": rec, "class": cls})
+        self.class_index(machine)  # unknown machines fail here, with the list of known ones
+        raw = {c: self.component_score(c, machine, ev) for c in self.components}
+        return ScoreParts(self.fuse(machine, raw), raw)
+
+    def score(self, machine: str, ev: ClipEvidence) -> float:
+        return self.score_parts(machine, ev).score
 
     def threshold(self, machine: str) -> float:
         if machine not in self.thresholds:
@@ -114,6 +218,8 @@ class ScoringStats:
     def to_arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {
             "task": np.array(self.task),
+            "scoring": np.array(self.scoring),
+            "components": np.array(list(self.components), dtype=str),
             "class_map": np.array(self.class_map),
             "false_alarm_rate": np.array(self.false_alarm_rate),
             "threshold_machines": np.array(sorted(self.thresholds)),
@@ -126,6 +232,9 @@ class ScoringStats:
                 value = getattr(st, name)
                 if value is not None:
                     arrays[f"type/{t}/{name}"] = value
+        for prefix, table in (("centre", self.centres), ("precision", self.precisions), ("calibration", self.calibration)):
+            for key, value in table.items():
+                arrays[f"{prefix}|{key}"] = np.asarray(value, np.float64)
         return arrays
 
     @classmethod
@@ -139,14 +248,31 @@ class ScoringStats:
                     Normalization(get("norm_mean").astype(np.float32), get("norm_std").astype(np.float32)),
                     get("recon_mean"), get("recon_precision"), get("final_mean"), get("final_precision"),
                 )
+        tables: dict[str, dict[str, np.ndarray]] = {"centre": {}, "precision": {}, "calibration": {}}
+        for key in arrays:
+            prefix, _, rest = key.partition("|")
+            if prefix in tables and rest:
+                tables[prefix][rest] = np.asarray(arrays[key], np.float64)
         machines = [str(m) for m in np.asarray(arrays["threshold_machines"]).tolist()]
         values = np.asarray(arrays["threshold_values"]).tolist()
+        scoring = str(arrays["scoring"]) if "scoring" in arrays else "paper"
+        if scoring not in SCORINGS:
+            raise BundleError(f"unknown scoring {scoring!r} (this runtime knows {', '.join(SCORINGS)})")
+        components = tuple(str(c) for c in np.asarray(arrays.get("components", np.array([], str))).tolist())
+        unknown = [c for c in components if c not in COMPONENTS]
+        if unknown:
+            raise BundleError(f"unknown score component(s) {', '.join(unknown)} (this runtime knows {', '.join(COMPONENTS)})")
         return cls(
             task=str(arrays["task"]),
             class_map=[str(c) for c in np.asarray(arrays["class_map"]).tolist()],
             types=types,
             thresholds=dict(zip(machines, values)),
             false_alarm_rate=float(arrays["false_alarm_rate"]),
+            scoring=scoring,
+            components=components,
+            centres=tables["centre"],
+            precisions=tables["precision"],
+            calibration=tables["calibration"],
         )
 
     def save(self, path: Path) -> None:

@@ -38,6 +38,23 @@ def compare_outputs(runner, reference: TorchRunner, windows: np.ndarray) -> dict
     }
 
 
+def scoring_summary(run) -> dict:
+    """How the bundle's scores and thresholds were made (method, components, held-out clips)."""
+    import json
+
+    from mtad.train.trainer import SPLIT
+
+    split_path = run.run_dir / SPLIT
+    held = json.loads(split_path.read_text()) if split_path.exists() else None
+    return {
+        "method": run.stats.scoring,
+        "components": list(run.stats.components),
+        "false_alarm_rate": float(run.stats.false_alarm_rate),
+        "stats_holdout": None if held is None else held["stats_holdout"],
+        "heldout_clips_per_machine": None if held is None else {m: len(v) for m, v in held["held_out"].items()},
+    }
+
+
 def record_reference_scores(bundle, reference: TorchRunner, ref: dict) -> dict:
     """Scores of the shipped reference clips by PyTorch and by each ONNX variant, at export time."""
     from mtad.edge_runtime.pipeline import EdgeScorer
@@ -192,6 +209,7 @@ def export_bundle(
             "model_config": mcfg.to_dict(),
             "inference": {"input": INPUT, "outputs": list(OUTPUTS), "window": mcfg.window, "warmup": mcfg.warmup, "opset": OPSET},
             "class_map": list(run.stats.class_map),
+            "scoring": scoring_summary(run),
             "variants": variants,
             "files": files,
             "sizes_bytes": {name: (tmp / v["file"]).stat().st_size for name, v in variants.items()},

@@ -35,7 +35,7 @@ def tiny_synth(tmp_path_factory) -> Path:
     from mtad.train.synth_writer import write_dataset
 
     out = tmp_path_factory.mktemp("synth")
-    write_dataset(SynthConfig(types=TINY_TYPES, ids=4, train=5, test=4, seconds=3.0, seed=7), out, workers=2, progress=False)
+    write_dataset(SynthConfig(types=TINY_TYPES, ids=4, train=8, test=4, seconds=3.0, seed=7), out, workers=2, progress=False)
     return out
 
 

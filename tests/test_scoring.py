@@ -4,9 +4,10 @@ from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from sklearn.metrics import roc_auc_score
 
 from mtad.edge_runtime.features import Normalization
-from mtad.edge_runtime.scoring import ScoringStats, TypeStats, classification_score, error_vector, mahalanobis
+from mtad.edge_runtime.errors import DatasetError
+from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, TypeStats, classification_score, error_vector, mahalanobis
 from mtad.train.evaluate import ClipScore, compute_metrics
-from mtad.train.stats import fit_scoring_stats, gamma_threshold
+from mtad.train.stats import fit_scoring_stats, gamma_threshold, prediction_threshold
 
 
 def test_mahalanobis_agrees_with_scipy(rng):
@@ -36,21 +37,87 @@ def test_classification_score_is_cross_entropy_of_true_id():
     assert classification_score(logits, 1) == pytest.approx(-np.log(p[:, 1]).mean())
 
 
-def test_final_score_and_stats_storage_round_trip(rng, tmp_path):
-    norm = Normalization(np.zeros(8, np.float32), np.ones(8, np.float32))
-    outputs = [("fan/id_00" if i % 2 else "fan/id_02", rng.standard_normal((8, 30)) * (1 + 0.1 * i % 3), rng.standard_normal((3, 2))) for i in range(40)]
-    stats, finals = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, outputs)
+def _evidence(rng, n, machine="fan/id_00", n_mels=32, shift=0.0, scale=1.0):
+    """``n`` clips of random evidence: residuals, logits and raw log-mel (an id-specific level)."""
+    level = {"fan/id_00": 0.0, "fan/id_02": 3.0}[machine]
+    return [(machine, ClipEvidence(rng.standard_normal((n_mels, 30)) * scale, rng.standard_normal((3, 2)),
+                                   level + shift + rng.standard_normal((n_mels, 40)) * scale)) for _ in range(n)]
+
+
+def test_paper_scoring_and_stats_storage_round_trip(rng, tmp_path):
+    norm = Normalization(np.zeros(32, np.float32), np.ones(32, np.float32))
+    held = _evidence(rng, 20) + _evidence(rng, 20, "fan/id_02")
+    stats, finals = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, scoring="paper")
     st = stats.types["fan"]
-    assert st.final_precision.shape == (2, 2) and st.recon_precision.shape == (8, 8)
-    m, r, lg = outputs[0]
-    rec, cls = stats.score_pair(m, r, lg)
-    assert stats.score(m, r, lg) == pytest.approx(mahalanobis(np.array([rec, cls]), st.final_mean, st.final_precision))
+    assert st.final_precision.shape == (2, 2) and st.recon_precision.shape == (32, 32)
+    m, ev = held[0]
+    rec, cls = stats.score_pair(m, ev.residual, ev.logits)
+    assert stats.score(m, ev) == pytest.approx(mahalanobis(np.array([rec, cls]), st.final_mean, st.final_precision))
     stats.save(tmp_path / "s.npz")
     with np.load(tmp_path / "s.npz", allow_pickle=False) as z:  # no pickled objects inside
         assert "class_map" in z.files
     back = ScoringStats.load(tmp_path / "s.npz")
-    assert back.score(m, r, lg) == stats.score(m, r, lg)
+    assert back.score(m, ev) == stats.score(m, ev) and back.scoring == "paper"
     assert back.thresholds == stats.thresholds and set(finals) == {"fan/id_00", "fan/id_02"}
+
+
+def test_fusion_is_per_id_two_sided_and_round_trips(rng, tmp_path):
+    norm = Normalization(np.zeros(32, np.float32), np.ones(32, np.float32))
+    held = _evidence(rng, 12) + _evidence(rng, 12, "fan/id_02")
+    stats, finals = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=("recon", "class", "spectral"))
+    # per-id centres, one shared precision per type, a calibration per (component, id)
+    assert {k.split("|")[0] for k in stats.centres} == {"recon", "spectral"}
+    np.testing.assert_allclose(stats.centres["spectral|fan/id_02"][:8], 3.0, atol=0.2)  # 8 bands of mean, 8 of std
+    assert stats.precisions["spectral|fan"].shape == (16, 16) and stats.precisions["recon|fan"].shape == (4, 4)
+    # standardised on held-out normals: their out-of-sample fused scores centre near 0
+    assert abs(np.mean(finals["fan/id_00"])) < 0.5
+    normal = stats.score("fan/id_00", _evidence(rng, 1)[0][1])
+    louder = stats.score("fan/id_00", _evidence(rng, 1, scale=1.6)[0][1])
+    quieter = stats.score("fan/id_00", _evidence(rng, 1, scale=0.5)[0][1])  # errors that fall count too
+    assert louder > normal + 2 and quieter > normal + 2
+    # the other id's normal level is an anomaly for this id
+    assert stats.score("fan/id_00", _evidence(rng, 1, "fan/id_02")[0][1]) > stats.threshold("fan/id_00") + 2
+    stats.save(tmp_path / "s.npz")
+    back = ScoringStats.load(tmp_path / "s.npz")
+    ev = held[3][1]
+    assert back.score_parts("fan/id_00", ev) == stats.score_parts("fan/id_00", ev)
+    assert back.components == ("recon", "class", "spectral") and back.scoring == "fusion"
+
+
+def test_fusion_refuses_too_few_heldout_clips_and_wrong_components(rng):
+    norm = Normalization(np.zeros(8, np.float32), np.ones(8, np.float32))
+    with pytest.raises(DatasetError, match="fan/id_00 has 3.*need >= 4"):
+        fit_scoring_stats("multitask", ["fan/id_00"], {"fan": norm}, _evidence(rng, 3))
+    with pytest.raises(DatasetError, match="not available for a recon model"):
+        fit_scoring_stats("recon", ["fan/id_00"], {"fan": norm}, _evidence(rng, 8), components=("class",))
+
+
+def test_heldout_thresholds_give_target_false_alarm_rate_on_other_unseen_normals():
+    """Thresholds set on 10 held-out normals per id: the false-alarm rate on *new* normals of the
+    same ids equals the 0.1 target within sampling error, averaged over independent fits. The
+    paper's way (gamma fit on the fitting clips' own in-sample scores) overshoots."""
+    rng = np.random.default_rng(0)
+    norm = Normalization(np.zeros(8, np.float32), np.ones(8, np.float32))
+    fars, fars_insample = [], []
+    for _ in range(30):
+        held = _evidence(rng, 10) + _evidence(rng, 10, "fan/id_02")
+        stats, _ = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=("spectral",))
+        new = _evidence(rng, 200)
+        scores = np.array([stats.score(m, ev) for m, ev in new])
+        fars.append(np.mean(scores > stats.threshold("fan/id_00")))
+        insample = np.array([stats.component_score("spectral", m, ev) for m, ev in held[:10]])
+        raw_new = np.array([stats.component_score("spectral", m, ev) for m, ev in new])
+        fars_insample.append(np.mean(raw_new > gamma_threshold(insample, 0.1)))
+    se = np.std(fars, ddof=1) / np.sqrt(len(fars))
+    assert abs(np.mean(fars) - 0.1) < max(3 * se, 0.02), (np.mean(fars), se)
+    assert np.mean(fars_insample) > 0.2  # what in-sample thresholds did (issue #10, cause 1)
+
+
+def test_prediction_threshold_matches_t_quantile():
+    s = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
+    from scipy import stats as sstats
+
+    assert prediction_threshold(s, 0.1) == pytest.approx(2.0 + np.std(s, ddof=1) * np.sqrt(1.2) * sstats.t.ppf(0.9, 4))
 
 
 def test_gamma_threshold_gives_target_false_alarm_rate():
@@ -66,11 +133,12 @@ def test_gamma_threshold_gives_target_false_alarm_rate():
 def test_auc_pauc_equal_sklearn_on_fixed_example():
     y = [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
     s = [0.1, 0.4, 0.35, 0.8, 0.2, 0.9, 0.3, 0.7, 0.85, 0.6]
-    scores = [ClipScore(f"c{i}", "fan/id_00", yy, ss, 0, 0, 0.5) for i, (yy, ss) in enumerate(zip(y, s))]
+    scores = [ClipScore(f"c{i}", "fan/id_00", yy, ss, 0.5) for i, (yy, ss) in enumerate(zip(y, s))]
     m = compute_metrics(scores)
     entry = m["machines"][0]
     assert entry["auc"] == pytest.approx(roc_auc_score(y, s)) == pytest.approx(20 / 25)  # pairs ranked right by hand: 5+2+4+5+4
     assert entry["pauc"] == pytest.approx(roc_auc_score(y, s, max_fpr=0.1))
     # decisions at threshold 0.5: TP 4 (0.9, 0.7, 0.85, 0.6), FP 1 (0.8)
     assert entry["precision"] == pytest.approx(0.8) and entry["recall"] == pytest.approx(0.8)
+    assert (entry["tp"], entry["fp"], entry["tn"], entry["fn"]) == (4, 1, 4, 1) and entry["false_alarm_rate"] == pytest.approx(0.2)
     assert m["types"]["fan"]["auc"] == entry["auc"] and m["mean"]["auc"] == entry["auc"]

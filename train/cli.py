@@ -8,6 +8,8 @@ import click
 
 from mtad.edge_runtime.cli_common import report_errors
 
+from mtad.edge_runtime.scoring import SCORINGS
+
 from .config import PRESETS, TASKS
 
 
@@ -20,16 +22,19 @@ from .config import PRESETS, TASKS
 @click.option("--task", type=click.Choice(TASKS), help="multitask (paper), or the recon/classify ablations.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default auto: CUDA when present.")
 @click.option("--seed", type=int)
-@click.option("--stats-holdout", type=float, help="Fraction of training normals kept out for scoring statistics.")
+@click.option("--stats-holdout", type=float, help="Fraction of each id's training normals kept out of training for scoring statistics (default 0.25; 0 = in-sample, warned).")
+@click.option("--scoring", type=click.Choice(SCORINGS), help="fusion (default: per-id, calibrated) or paper (2-D Mahalanobis per type).")
+@click.option("--components", help="Fusion components, comma-separated subset of recon,class,spectral (default recon,spectral).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @report_errors
-def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, resume, quiet):
+def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, scoring, components, resume, quiet):
     """Train on the normal clips of DATA's train split; write checkpoint, config, log and statistics to OUT."""
     from .config import load_config
     from .trainer import train_run
 
-    cfg = load_config(preset, config_path, epochs=epochs, task=task, device=device, seed=seed, stats_holdout=stats_holdout)
+    cfg = load_config(preset, config_path, epochs=epochs, task=task, device=device, seed=seed, stats_holdout=stats_holdout,
+                      scoring=scoring, components=components)
     result = train_run(data, out, cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True))
     h = result.history
     click.echo(

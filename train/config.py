@@ -8,15 +8,17 @@ from pathlib import Path
 import yaml
 
 from mtad.edge_runtime.errors import ConfigError
+from mtad.edge_runtime.scoring import COMPONENTS, DEFAULT_COMPONENTS, SCORINGS, TASKS, task_components
 
 from .model import ModelConfig
 
-TASKS = ("multitask", "recon", "classify")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. Defaults are the paper's (batch 64, Adam, 100 epochs, lr 1e-3)."""
+    """Optimisation and scoring settings. Optimisation defaults are the paper's (batch 64, Adam,
+    100 epochs, lr 1e-3); scoring defaults are mtad's (held-out, per-id, calibrated fusion)."""
 
     epochs: int = 100
     batch_size: int = 64
@@ -26,8 +28,12 @@ class TrainConfig:
     task: str = "multitask"
     seed: int = 0
     device: str = "auto"
-    stats_holdout: float = 0.0  # fraction of training normals kept out of training for scoring stats
+    weight_decay: float = 0.0  # decoupled (AdamW); 0 = the paper's plain Adam
+    lr_schedule: str = "constant"  # or "cosine": decay to 0 over the epochs
+    stats_holdout: float = 0.25  # fraction of each id's training normals kept out of training for scoring stats
     false_alarm_rate: float = 0.1  # target for the per-machine decision thresholds
+    scoring: str = "fusion"  # or "paper": the paper's 2-D Mahalanobis of (recon, class) per type
+    components: tuple[str, ...] = DEFAULT_COMPONENTS  # fusion components (recon, class, spectral)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -36,6 +42,18 @@ class TrainConfig:
             raise ConfigError("epochs, batch_size, windows_per_clip must be >= 1 and lr > 0")
         if not 0 <= self.mixup_prob <= 1 or not 0 <= self.stats_holdout < 1 or not 0 < self.false_alarm_rate < 1:
             raise ConfigError("mixup_prob must be in [0, 1], stats_holdout in [0, 1), false_alarm_rate in (0, 1)")
+        if self.weight_decay < 0 or self.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"weight_decay must be >= 0 and lr_schedule one of {', '.join(LR_SCHEDULES)}")
+        if self.scoring not in SCORINGS:
+            raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        unknown = [c for c in self.components if c not in COMPONENTS]
+        if unknown or not self.components:
+            raise ConfigError(f"components must be a non-empty subset of {', '.join(COMPONENTS)}, got {', '.join(self.components) or 'none'}")
+
+    @property
+    def fusion_components(self) -> tuple[str, ...]:
+        """The configured components this task's model can provide (e.g. no class score for recon)."""
+        return tuple(c for c in self.components if c in task_components(self.task))
 
 
 @dataclass(frozen=True)
@@ -45,7 +63,8 @@ class RunConfig:
     train: TrainConfig
 
     def to_dict(self) -> dict:
-        return {"preset": self.preset, "model": self.model.to_dict(), "train": asdict(self.train)}
+        train = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.train).items()}
+        return {"preset": self.preset, "model": self.model.to_dict(), "train": train}
 
 
 PRESETS: dict[str, tuple[dict, dict]] = {
@@ -54,7 +73,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     # CPU demo: narrow ResNet, 2 s windows, a few epochs with several windows per clip.
     "small": (
         dict(residual_channels=32, skip_channels=64, dilations=(1, 2, 4, 8, 1, 2, 4, 8), resnet_width=16, window=64),
-        dict(epochs=12, windows_per_clip=4),
+        dict(epochs=12, windows_per_clip=4, weight_decay=1e-4, lr_schedule="cosine"),
     ),
     # CI: seconds per epoch.
     "tiny": (
@@ -76,7 +95,7 @@ def _coerce(cls, values: dict) -> dict:
     types = {f.name: f.type for f in fields(cls)}
     for k, v in values.items():
         if "tuple" in str(types[k]):
-            v = tuple(v)
+            v = tuple(x.strip() for x in v.split(",") if x.strip()) if isinstance(v, str) else tuple(v)
         out[k] = v
     return out
 
@@ -101,8 +120,8 @@ def load_config(preset: str = "small", path: str | Path | None = None, **train_o
         _check_keys("model", data.get("model") or {}, ModelConfig)
         _check_keys("train", data.get("train") or {}, TrainConfig)
         model_kw.update(_coerce(ModelConfig, data.get("model") or {}))
-        train_kw.update(data.get("train") or {})
-    train_kw.update({k: v for k, v in train_overrides.items() if v is not None})
+        train_kw.update(_coerce(TrainConfig, data.get("train") or {}))
+    train_kw.update(_coerce(TrainConfig, {k: v for k, v in train_overrides.items() if v is not None}))
     try:
         model = ModelConfig(**model_kw)
         train = TrainConfig(**train_kw)

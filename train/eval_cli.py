@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from mtad.edge_runtime.cli_common import report_errors
+from mtad.edge_runtime.cli_common import parse_csv, report_errors
+from mtad.edge_runtime.errors import ConfigError
+from mtad.edge_runtime.scoring import SCORINGS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,18 +18,23 @@ from mtad.edge_runtime.cli_common import report_errors
 @click.option("--plots", "plots_dir", type=click.Path(file_okay=False, path_type=Path), help="Write ROC and histogram PNGs here.")
 @click.option("--compare", "compare", multiple=True, type=click.Path(path_type=Path), help="Other runs to print side by side (repeatable).")
 @click.option("--refit", is_flag=True, help="Refit scoring statistics and thresholds on DATA's training normals first.")
-@click.option("--stats-holdout", type=float, default=0.0, show_default=True, help="With --refit: fit on this held-out fraction.")
+@click.option("--stats-holdout", type=float, help="With --refit: 0 fits in-sample on every training normal (default: the run's own held-out split).")
+@click.option("--scoring", type=click.Choice(SCORINGS), help="With --refit: fusion (default) or paper (the paper's 2-D Mahalanobis).")
+@click.option("--components", help="With --refit and fusion: comma-separated subset of recon,class,spectral.")
 @click.option("--quiet", is_flag=True)
 @report_errors
-def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, quiet):
+def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, scoring, components, quiet):
     """Score DATA's test clips with RUN and report AUC/pAUC (DCASE2020 definitions)."""
     from mtad.edge_runtime.dataset import scan_dataset
 
     from .evaluate import compute_metrics, format_comparison, format_tables, load_run, refit_stats, score_split, write_json, write_plots
 
+    if (scoring or components or stats_holdout is not None) and not refit:
+        raise ConfigError("--scoring, --components and --stats-holdout change the fitted statistics: pass --refit with them")
     run = load_run(run_dir, require_stats=not refit)
     if refit:
-        refit_stats(run, data, stats_holdout, progress=not quiet)
+        comps = tuple(parse_csv(components)) if components else None
+        refit_stats(run, data, stats_holdout, scoring, comps, progress=not quiet, log=lambda m: click.echo(m, err=True))
         click.echo(f"refitted scoring statistics and thresholds -> {Path(run_dir) / 'stats.npz'}", err=True)
     index = scan_dataset(data)
     scores, failed = score_split(run, index, progress=not quiet)

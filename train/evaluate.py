@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,8 +20,7 @@ from .checkpoint import load_checkpoint, model_from_checkpoint, norms_from_check
 from .feature_cache import load_features
 from .model import ModelConfig
 from .reference import TorchRunner
-from .stats import fit_scoring_stats
-from .trainer import STATS, compute_outputs, split_holdout
+from .trainer import STATS, compute_outputs, fit_run_stats, split_holdout
 
 MAX_FPR = 0.1  # pAUC range, as DCASE2020 Task 2
 
@@ -59,9 +58,8 @@ class ClipScore:
     machine: str
     label: int
     score: float
-    recon_score: float
-    class_score: float
     threshold: float
+    components: dict[str, float] = field(default_factory=dict)  # raw component scores
 
     @property
     def anomaly(self) -> bool:
@@ -73,18 +71,41 @@ class ClipScore:
         return self.path
 
 
-def refit_stats(run: LoadedRun, data: str | Path, holdout: float = 0.0, progress: bool = True) -> ScoringStats:
-    """Refit the scoring statistics on the run's training normals (or a held-out part)."""
+def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, scoring: str | None = None,
+                components: tuple[str, ...] | None = None, progress: bool = True, log=print) -> ScoringStats:
+    """Refit the scoring statistics and thresholds on DATA's training normals and save them.
+
+    By default the run's own held-out split is used again (same fraction and seed, so the
+    same clips); ``holdout`` other than the run's fraction would put training clips into the
+    fit, so it is refused unless it is 0 (an explicit, warned in-sample fit).
+    """
+    from dataclasses import replace
+
+    from .config import TrainConfig
+
+    tcfg = TrainConfig(**{k: tuple(v) if k == "components" else v for k, v in run.ckpt["config"]["train"].items() if k in TrainConfig.__dataclass_fields__})
+    if holdout is not None and holdout not in (0, tcfg.stats_holdout):
+        raise ConfigError(f"--stats-holdout {holdout}: this run held out {tcfg.stats_holdout} of the training normals; "
+                          f"another fraction would fit statistics on clips the model trained on (0 does so explicitly)")
+    tcfg = replace(tcfg, stats_holdout=tcfg.stats_holdout if holdout is None else holdout,
+                   scoring=scoring or tcfg.scoring, components=tuple(components or tcfg.components))
     index = scan_dataset(data)
     store = load_features(index.select("train", label=0), progress=progress)
-    _, stats_idx = split_holdout(store, holdout, run.ckpt["config"]["train"]["seed"])
-    norms = norms_from_checkpoint(run.ckpt)
-    outputs = compute_outputs(run.runner(), store, stats_idx, norms, run.model_cfg, progress, desc="fitting scoring stats")
-    far = run.ckpt["config"]["train"]["false_alarm_rate"]
-    stats, _ = fit_scoring_stats(run.task, run.ckpt["class_map"], norms, outputs, far)
+    train_idx, stats_idx = split_holdout(store, tcfg.stats_holdout, tcfg.seed)
+    stats = fit_run_stats(run.runner(), store, train_idx, stats_idx, norms_from_checkpoint(run.ckpt), run.model_cfg, tcfg,
+                          run.ckpt["class_map"], progress, log)
     stats.save(run.run_dir / STATS)
     run.stats = stats
     return stats
+
+
+def score_outputs(stats: ScoringStats, clips, outputs) -> list[ClipScore]:
+    """ClipScores of ``(machine, evidence)`` outputs of ``clips`` under ``stats``."""
+    scores = []
+    for c, (machine, ev) in zip(clips, outputs):
+        parts = stats.score_parts(machine, ev)
+        scores.append(ClipScore(str(c.path), machine, c.label, parts.score, stats.threshold(machine), parts.components))
+    return scores
 
 
 def score_split(run: LoadedRun, index: DatasetIndex, runner=None, split: str = "test", progress: bool = True) -> tuple[list[ClipScore], dict[str, str]]:
@@ -97,11 +118,7 @@ def score_split(run: LoadedRun, index: DatasetIndex, runner=None, split: str = "
     store = load_features(clips, progress=progress)
     runner = runner or run.runner()
     outputs = compute_outputs(runner, store, list(range(len(store))), {t: s.norm for t, s in run.stats.types.items()}, run.model_cfg, progress, desc=f"scoring {split}")
-    scores = []
-    for c, (machine, residual, logits) in zip(store.clips, outputs):
-        rec, cls = run.stats.score_pair(machine, residual, logits)
-        scores.append(ClipScore(str(c.path), machine, c.label, run.stats.final_score(machine, rec, cls), rec, cls, run.stats.threshold(machine)))
-    return scores, dict(store.failed)
+    return score_outputs(run.stats, store.clips, outputs), dict(store.failed)
 
 
 def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = None) -> dict:
@@ -126,7 +143,13 @@ def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = Non
             entry["auc"] = entry["pauc"] = None
         pred = np.array([r.anomaly for r in rows]).astype(int)
         p, r, f1, _ = precision_recall_fscore_support(y, pred, average="binary", zero_division=0)
-        entry.update(precision=float(p), recall=float(r), f1=float(f1), threshold=float(rows[0].threshold))
+        counts = {"tp": int(((pred == 1) & (y == 1)).sum()), "fp": int(((pred == 1) & (y == 0)).sum()),
+                  "tn": int(((pred == 0) & (y == 0)).sum()), "fn": int(((pred == 0) & (y == 1)).sum())}
+        far = counts["fp"] / (counts["fp"] + counts["tn"]) if counts["fp"] + counts["tn"] else None
+        entry.update(precision=float(p), recall=float(r), f1=float(f1), threshold=float(rows[0].threshold), false_alarm_rate=far, **counts)
+        if rows[0].components:
+            entry["component_auc"] = {c: float(roc_auc_score(y, [q.components[c] for q in rows])) for c in rows[0].components
+                                      if len(set(y.tolist())) == 2 and all(np.isfinite(q.components[c]) for q in rows)}
         machines.append(entry)
     types = {}
     for mtype in sorted({m["machine_type"] for m in machines}):
@@ -134,6 +157,8 @@ def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = Non
         if ms:
             types[mtype] = {"auc": float(np.mean([m["auc"] for m in ms])), "pauc": float(np.mean([m["pauc"] for m in ms])), "f1": float(np.mean([m["f1"] for m in ms]))}
     mean = {k: float(np.mean([t[k] for t in types.values()])) if types else None for k in ("auc", "pauc")}
+    fars = [m["false_alarm_rate"] for m in machines if m["false_alarm_rate"] is not None]
+    mean["false_alarm_rate"] = float(np.mean(fars)) if fars else None
     excluded = [{"path": p, "reason": why} for p, why in sorted((failed or {}).items())]
     return {"machines": machines, "types": types, "mean": mean, "n_scored": len(scores), "n_excluded": len(excluded), "excluded": excluded}
 
@@ -147,10 +172,16 @@ def format_tables(metrics: dict, title: str = "") -> str:
     if metrics["mean"]["auc"] is not None:
         lines.append(f"{'mean':<12} {metrics['mean']['auc']:>6.3f} {metrics['mean']['pauc']:>6.3f}")
     lines.append("")
-    lines.append(f"{'machine':<20} {'AUC':>6} {'pAUC':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'normal':>6} {'anom.':>6}")
+    comps = sorted({c for m in metrics["machines"] for c in m.get("component_auc", {})})
+    lines.append(f"{'machine':<20} {'AUC':>6} {'pAUC':>6} {'prec':>6} {'recall':>6} {'F1':>6} {'FAR':>6} {'normal':>6} {'anom.':>6}"
+                 + "".join(f" {'AUC ' + c:>13}" for c in comps))
     for m in metrics["machines"]:
         auc = f"{m['auc']:>6.3f} {m['pauc']:>6.3f}" if m["auc"] is not None else f"{'-':>6} {'-':>6}"
-        lines.append(f"{m['machine_type'] + '/' + m['machine_id']:<20} {auc} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f} {m['n_normal']:>6} {m['n_anomaly']:>6}")
+        far = f"{m['false_alarm_rate']:>6.3f}" if m.get("false_alarm_rate") is not None else f"{'-':>6}"
+        lines.append(f"{m['machine_type'] + '/' + m['machine_id']:<20} {auc} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f} {far} {m['n_normal']:>6} {m['n_anomaly']:>6}"
+                     + "".join(f" {m.get('component_auc', {}).get(c, float('nan')):>13.3f}" for c in comps))
+    if metrics["mean"].get("false_alarm_rate") is not None:
+        lines.append(f"false-alarm rate at the thresholds (target {metrics.get('target_false_alarm_rate', 0.1)}): mean {metrics['mean']['false_alarm_rate']:.3f} over machines")
     if metrics["n_excluded"]:
         lines.append(f"\nexcluded {metrics['n_excluded']} unreadable clip(s) (not scored):")
         lines += [f"  {e['path']}: {e['reason']}" for e in metrics["excluded"][:10]]

@@ -1,4 +1,4 @@
-"""Fitting the scoring statistics and decision thresholds on training normals."""
+"""Fitting the scoring statistics and decision thresholds on normals the model never trained on."""
 
 from __future__ import annotations
 
@@ -8,8 +8,22 @@ import numpy as np
 from scipy import stats as sstats
 from sklearn.covariance import LedoitWolf
 
+from mtad.edge_runtime.errors import DatasetError
 from mtad.edge_runtime.features import Normalization
-from mtad.edge_runtime.scoring import ScoringStats, TypeStats, error_vector, uses_mse
+from mtad.edge_runtime.scoring import (
+    DEFAULT_COMPONENTS,
+    LOG_EPS,
+    ClipEvidence,
+    ScoringStats,
+    TypeStats,
+    error_vector,
+    mahalanobis,
+    spectral_vector,
+    task_components,
+    uses_mse,
+)
+
+MIN_CALIBRATION_CLIPS = 4  # held-out normals per id needed to standardise scores and set a threshold
 
 
 def shrunk_precision(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -18,6 +32,18 @@ def shrunk_precision(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         raise ValueError("need at least 2 clips to fit a covariance")
     lw = LedoitWolf().fit(x)
     return lw.location_, lw.precision_
+
+
+def shared_gaussian(vectors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-id centres and one Ledoit-Wolf precision shared by the ids (within-id scatter).
+
+    ``vectors`` maps machine -> rows ``(n_i, d)``; every id needs >= 1 row, all together >= 2.
+    """
+    centres = {m: v.mean(axis=0) for m, v in vectors.items()}
+    deviations = np.concatenate([v - centres[m] for m, v in vectors.items()])
+    if deviations.shape[0] < 2:
+        raise ValueError("need at least 2 clips to fit a covariance")
+    return centres, LedoitWolf(assume_centered=True).fit(deviations).precision_
 
 
 def gamma_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
@@ -29,33 +55,112 @@ def gamma_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
     return float(sstats.gamma.ppf(1 - false_alarm_rate, shape, loc=loc, scale=scale))
 
 
+def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
+    """Upper ``1 - false_alarm_rate`` prediction bound for one *new* score, from ``n`` normal scores.
+
+    ``mean + std * sqrt(1 + 1/n) * t_{n-1}(1 - far)``: under normality a new normal exceeds it
+    with probability ``far`` exactly, which accounts for estimating mean and std from few clips.
+    """
+    s = np.asarray(scores, np.float64)
+    n = s.size
+    if n < 2:
+        raise ValueError("need at least 2 scores to set a threshold")
+    return float(s.mean() + s.std(ddof=1) * np.sqrt(1 + 1 / n) * sstats.t.ppf(1 - false_alarm_rate, n - 1))
+
+
+def _loo_distances(vectors: dict[str, np.ndarray], held: dict[str, list[int]], fixed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Distance of each held row to a shared Gaussian fitted without that row (leave one out).
+
+    ``vectors[m]`` are the held rows of id m; ``fixed[m]`` extra rows always in the fit.
+    """
+    out: dict[str, np.ndarray] = {}
+    for m in vectors:
+        dists = []
+        for i in held[m]:
+            fit = {k: np.concatenate([np.delete(v, i, axis=0) if k == m else v, fixed.get(k, v[:0])]) for k, v in vectors.items()}
+            centres, precision = shared_gaussian(fit)
+            dists.append(mahalanobis(vectors[m][i], centres[m], precision))
+        out[m] = np.array(dists)
+    return out
+
+
 def fit_scoring_stats(
     task: str,
     class_map: list[str],
     norms: dict[str, Normalization],
-    outputs: list[tuple[str, np.ndarray, np.ndarray]],
+    held: list[tuple[str, ClipEvidence]],
     false_alarm_rate: float = 0.1,
+    scoring: str = "fusion",
+    components: tuple[str, ...] = DEFAULT_COMPONENTS,
+    extra_normals: list[tuple[str, np.ndarray]] = (),
 ) -> tuple[ScoringStats, dict[str, list[float]]]:
-    """Fit statistics from ``(machine, residual, logits)`` of training normals.
+    """Fit statistics and thresholds from ``held``: ``(machine, evidence)`` of normals the model
+    never trained on. ``extra_normals`` (``(machine, raw log-mel)`` of the clips the model did
+    train on) join the fit of the model-free ``spectral`` component only.
 
-    Returns the stats and the final scores of those clips per machine (for checks).
+    Returns the stats and each machine's held-out final scores, computed out of sample
+    (leave-one-out), which set the thresholds.
     """
     types = {t: TypeStats(norm=n) for t, n in norms.items()}
-    st = ScoringStats(task, class_map, types, false_alarm_rate=false_alarm_rate)
+    if scoring == "paper":
+        return _fit_paper(task, class_map, types, held, false_alarm_rate)
+    allowed = task_components(task)
+    bad = [c for c in components if c not in allowed]
+    if bad or not components:
+        raise DatasetError(f"score component(s) {', '.join(bad) or '(none)'} not available for a {task} model (choose from {', '.join(allowed)})")
+    st = ScoringStats(task, class_map, types, false_alarm_rate=false_alarm_rate, scoring="fusion", components=tuple(components))
+    by_machine: dict[str, list[ClipEvidence]] = defaultdict(list)
+    for m, ev in held:
+        by_machine[m].append(ev)
+    few = {m: len(v) for m, v in by_machine.items() if len(v) < MIN_CALIBRATION_CLIPS}
+    if few:
+        raise DatasetError(
+            f"too few held-out normals to calibrate scores and thresholds: {', '.join(f'{m} has {n}' for m, n in sorted(few.items()))} "
+            f"(need >= {MIN_CALIBRATION_CLIPS} per id); add training clips or raise --stats-holdout"
+        )
+    extra: dict[str, list[np.ndarray]] = defaultdict(list)
+    for m, logmel in extra_normals:
+        if m in by_machine:
+            extra[m].append(spectral_vector(logmel))
+    raw: dict[str, dict[str, np.ndarray]] = {}  # component -> machine -> out-of-sample raw scores of held clips
+    for comp in components:
+        if comp == "class":
+            raw[comp] = {m: np.array([st.component_score("class", m, ev) for ev in evs]) for m, evs in by_machine.items()}
+            continue
+        raw[comp] = {}
+        for t in sorted({m.split("/")[0] for m in by_machine}):
+            machines = [m for m in by_machine if m.split("/")[0] == t]
+            vecs = {m: np.stack([st.component_vector(comp, ev) for ev in by_machine[m]]) for m in machines}
+            fixed = {m: np.stack(extra[m]) for m in machines if comp == "spectral" and extra[m]}
+            full = {m: np.concatenate([vecs[m], fixed[m]]) if m in fixed else vecs[m] for m in machines}
+            centres, precision = shared_gaussian(full)
+            st.precisions[f"{comp}|{t}"] = precision
+            for m in machines:
+                st.centres[f"{comp}|{m}"] = centres[m]
+            raw[comp].update(_loo_distances(vecs, {m: range(len(vecs[m])) for m in machines}, fixed))
+    for comp, per_machine in raw.items():
+        for m, values in per_machine.items():
+            logs = np.log(values + LOG_EPS)
+            st.calibration[f"{comp}|{m}"] = np.array([logs.mean(), max(logs.std(ddof=1), 1e-6)])
+    finals = {m: [st.fuse(m, {c: raw[c][m][i] for c in components}) for i in range(len(evs))] for m, evs in by_machine.items()}
+    st.thresholds = {m: prediction_threshold(np.array(v), false_alarm_rate) for m, v in finals.items()}
+    return st, finals
+
+
+def _fit_paper(task, class_map, types, held, false_alarm_rate):
+    """The paper's per-type statistics; thresholds from a gamma fit (DCASE2021 baseline style)."""
+    st = ScoringStats(task, class_map, types, false_alarm_rate=false_alarm_rate, scoring="paper")
     by_type: dict[str, list] = defaultdict(list)
-    for machine, residual, logits in outputs:
-        by_type[machine.split("/")[0]].append((machine, residual, logits))
-    # 1) reconstruction statistics (Mahalanobis types)
+    for machine, ev in held:
+        by_type[machine.split("/")[0]].append((machine, ev.residual, ev.logits))
     if task != "classify":
         for t, items in by_type.items():
             if not uses_mse(t):
                 types[t].recon_mean, types[t].recon_precision = shrunk_precision(np.stack([error_vector(r) for _, r, _ in items]))
-    # 2) the (recon, class) pairs and the final statistics
-    pairs = {t: [(m, *st.score_pair(m, r, l)) for m, r, l in items] for t, items in by_type.items()}
+    pairs = {t: [(m, *st.score_pair(m, r, lg)) for m, r, lg in items] for t, items in by_type.items()}
     if task == "multitask":
         for t, rows in pairs.items():
             types[t].final_mean, types[t].final_precision = shrunk_precision(np.array([[rec, cls] for _, rec, cls in rows]))
-    # 3) final scores and per-machine thresholds
     finals: dict[str, list[float]] = defaultdict(list)
     for rows in pairs.values():
         for m, rec, cls in rows:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections import defaultdict
 import os
 import time
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ from tqdm import tqdm
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.errors import ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig, fit_normalization
-from mtad.edge_runtime.scoring import ScoringStats
+from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats
 from mtad.edge_runtime.windows import clip_outputs
 
 from .batches import WindowSampler
@@ -26,9 +27,10 @@ from .config import RunConfig, save_config, with_classes
 from .feature_cache import FeatureStore, load_features
 from .model import MultitaskModel
 from .reference import TorchRunner
-from .stats import fit_scoring_stats
+from .stats import MIN_CALIBRATION_CLIPS, fit_scoring_stats
 
 STATS = "stats.npz"
+SPLIT = "stats_split.json"  # which training normals were held out for the scoring statistics
 LOG = "train_log.csv"
 LOSS_PNG = "loss_curve.png"
 
@@ -55,7 +57,9 @@ def resolve_device(device: str) -> str:
 
 
 def split_holdout(store: FeatureStore, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Per machine, a seeded ``fraction`` of training clips kept out for scoring statistics."""
+    """Per machine, a seeded ``fraction`` of training clips (at least MIN_CALIBRATION_CLIPS) kept
+    out of training for the scoring statistics. ``fraction`` 0 returns the training set twice
+    (an in-sample fit, which the callers warn about)."""
     if fraction <= 0:
         idx = list(range(len(store)))
         return idx, idx
@@ -63,13 +67,23 @@ def split_holdout(store: FeatureStore, fraction: float, seed: int) -> tuple[list
     train, held = [], []
     for machine in sorted({c.machine for c in store.clips}):
         idx = [i for i, c in enumerate(store.clips) if c.machine == machine]
-        n_held = max(2, int(round(fraction * len(idx))))
+        n_held = max(MIN_CALIBRATION_CLIPS, int(round(fraction * len(idx))))
         if n_held >= len(idx):
-            raise DatasetError(f"{machine}: {len(idx)} training clips are too few to hold out {fraction:.0%} for statistics")
+            raise DatasetError(
+                f"{machine}: {len(idx)} training clips are too few to hold out {n_held} for scoring statistics "
+                f"and train on the rest (need >= {n_held + 1}); add clips, or pass --stats-holdout 0 to fit in-sample"
+            )
         perm = rng.permutation(idx)
         held += sorted(perm[:n_held].tolist())
         train += sorted(perm[n_held:].tolist())
     return sorted(train), sorted(held)
+
+
+def learning_rate(tcfg, epoch: int) -> float:
+    """The epoch's learning rate: constant, or cosine decay from ``lr`` towards 0."""
+    if tcfg.lr_schedule == "cosine":
+        return tcfg.lr * 0.5 * (1 + math.cos(math.pi * epoch / tcfg.epochs))
+    return tcfg.lr
 
 
 def losses(model: MultitaskModel, x: torch.Tensor, target: torch.Tensor, task: str, warmup: int):
@@ -116,14 +130,39 @@ def plot_losses(run_dir: Path, history: list[dict]) -> None:
     os.replace(tmp, run_dir / LOSS_PNG)
 
 
-def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, model_cfg, progress=False, desc="scoring"):
-    """``(machine, residual, logits)`` for each clip, through the shared windowing code."""
+def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, model_cfg, progress=False, desc="scoring") -> list[tuple[str, ClipEvidence]]:
+    """``(machine, evidence)`` for each clip, through the shared windowing code."""
     out = []
     for i in tqdm(indices, desc=desc, unit="clip", disable=None if progress else True):
         c = store.clips[i]
-        x = norms[c.machine_type].apply(np.asarray(store.get(i)))
-        out.append((c.machine, *clip_outputs(x, runner.infer, model_cfg.window, model_cfg.warmup)))
+        logmel = np.asarray(store.get(i))
+        residual, logits = clip_outputs(norms[c.machine_type].apply(logmel), runner.infer, model_cfg.window, model_cfg.warmup)
+        out.append((c.machine, ClipEvidence(residual, logits, logmel)))
     return out
+
+
+def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, tcfg, class_map, progress=False, log=print) -> ScoringStats:
+    """Scoring statistics of a run: model outputs on the held-out normals, plus the raw log-mel of
+    the clips the model trained on for the model-free spectral component."""
+    if set(train_idx) & set(stats_idx):
+        log("warning: --stats-holdout 0: scoring statistics and thresholds are fitted on the clips the model trained on "
+            "(in-sample); expect more false alarms than the target rate")
+    held = compute_outputs(runner, store, stats_idx, norms, model_cfg, progress, desc="fitting scoring stats")
+    extra = [(store.clips[i].machine, np.asarray(store.get(i))) for i in train_idx if i not in set(stats_idx)]
+    stats, _ = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra)
+    return stats
+
+
+def write_split(run_dir: Path, store: FeatureStore, stats_idx: list[int], fraction: float, seed: int) -> None:
+    """Record which training clips the statistics came from (names relative to the data root)."""
+    import json
+
+    held = defaultdict(list)
+    for i in stats_idx:
+        held[store.clips[i].machine].append(Path(store.clips[i].path).name)
+    tmp = run_dir / (SPLIT + ".tmp")
+    tmp.write_text(json.dumps({"stats_holdout": fraction, "seed": seed, "held_out": dict(sorted(held.items()))}, indent=1))
+    os.replace(tmp, run_dir / SPLIT)
 
 
 def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = False, progress: bool = True, cache_dir: Path | None = None, log=print) -> TrainResult:
@@ -159,7 +198,7 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
 
     torch.manual_seed(tcfg.seed)
     model = MultitaskModel(mcfg).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=tcfg.lr)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     history: list[dict] = []
     start_epoch = 0
     if resume:
@@ -182,6 +221,8 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
     n_batches = math.ceil(len(sampler.indices) * tcfg.windows_per_clip / tcfg.batch_size)
     for epoch in range(start_epoch, tcfg.epochs):
         model.train()
+        for group in optimizer.param_groups:  # a pure function of the epoch, so --resume continues it exactly
+            group["lr"] = learning_rate(tcfg, epoch)
         rng = np.random.default_rng([tcfg.seed, epoch])
         t0 = time.time()
         sums = np.zeros(3)
@@ -208,9 +249,8 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
             log(f"epoch {epoch + 1}/{tcfg.epochs}: loss {mean[0]:.4f} (recon {mean[1]:.4f}, class {mean[2]:.4f}) in {history[-1]['seconds']:.1f}s")
     plot_losses(out, history)
 
-    runner = TorchRunner(model, device)
-    outputs = compute_outputs(runner, store, stats_idx, norms, mcfg, progress, desc="fitting scoring stats")
-    stats, _ = fit_scoring_stats(tcfg.task, class_map, norms, outputs, tcfg.false_alarm_rate)
+    stats = fit_run_stats(TorchRunner(model, device), store, train_idx, stats_idx, norms, mcfg, tcfg, class_map, progress, log)
     stats.save(out / STATS)
+    write_split(out, store, stats_idx, tcfg.stats_holdout, tcfg.seed)
     return TrainResult(out, history, stats, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
 

@@ -1,0 +1,187 @@
+"""Detection quality, measured: several seeds of the synthetic set, every scoring method, the
+single-task ablations and the simple baseline, as mean +- standard error.
+
+    .venv/bin/python benchmarks/accuracy.py [--seeds 0,1,2] [--test 50] [--out results/accuracy]
+
+Per seed it synthesises the default set (6 types x 3 ids, 40 training normals per id) with
+``--test`` normal and anomalous test clips per id, trains the ``--preset`` model for each task
+(multitask and the ``recon``/``classify`` ablations), then scores the test clips under each
+scoring method from the *same* trained model. Statistics and thresholds come only from training
+normals (held out from training where a model is involved); test clips are never fitted on.
+
+Standard errors: per type over the (seed, id) units; for the mean over types, over seeds.
+"A beats B" is printed only where the paired difference exceeds 2 standard errors.
+Everything is cached under --out, so a rerun only redoes what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from mtad.edge_runtime.dataset import scan_dataset
+from mtad.train.baseline import baseline_aucs
+from mtad.train.checkpoint import norms_from_checkpoint
+from mtad.train.config import TrainConfig, load_config
+from mtad.train.evaluate import load_run, score_outputs
+from mtad.train.feature_cache import load_features
+from mtad.train.stats import fit_scoring_stats
+from mtad.train.synth import SynthConfig
+from mtad.train.synth_writer import write_dataset
+from mtad.train.trainer import compute_outputs, split_holdout, train_run
+
+# (task, label, scoring, components); the first multitask fusion row is the default
+METHODS = [
+    ("multitask", "default: fusion recon+spectral", "fusion", ("recon", "spectral")),
+    ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
+    ("multitask", "fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
+    ("multitask", "fusion recon+class", "fusion", ("recon", "class")),
+    ("multitask", "component recon (per-id)", "fusion", ("recon",)),
+    ("multitask", "component class", "fusion", ("class",)),
+    ("multitask", "component spectral", "fusion", ("spectral",)),
+    ("recon", "--task recon, paper scoring", "paper", ()),
+    ("recon", "--task recon, fusion recon+spectral", "fusion", ("recon", "spectral")),
+    ("classify", "--task classify, paper scoring", "paper", ()),
+    ("classify", "--task classify, fusion class+spectral", "fusion", ("class", "spectral")),
+]
+BASELINE = "simple baseline (log-mel mean/std)"
+
+
+def synthesise(out: Path, seed: int, n_test: int) -> Path:
+    data = out / f"data-seed{seed}"
+    if not (data / "synth_manifest.csv").exists():
+        write_dataset(SynthConfig(seed=seed, test=n_test), data, progress=False)
+    return data
+
+
+def evaluate_seed(data: Path, runs: Path, seed: int, tasks: list[str], preset: str, epochs: int | None) -> dict:
+    """``{method: {machine: (auc, pauc, far)}}`` for one seed."""
+    index = scan_dataset(data)
+    results: dict[str, dict] = {BASELINE: {f"{t}/{i}": (a, p, None) for (t, i), (a, p) in baseline_aucs(index).items()}}
+    train_store = load_features(index.select("train", label=0), progress=False)
+    test_store = load_features(index.select("test"), progress=False)
+    for task in tasks:
+        run_dir = runs / f"seed{seed}-{task}"
+        if not (run_dir / "stats.npz").exists():
+            train_run(data, run_dir, load_config(preset, epochs=epochs, task=task, seed=seed), progress=False, log=lambda m: None)
+        run = load_run(run_dir)
+        tcfg = run.ckpt["config"]["train"]
+        norms = norms_from_checkpoint(run.ckpt)
+        runner = run.runner()
+        train_idx, held_idx = split_holdout(train_store, tcfg["stats_holdout"], tcfg["seed"])
+        held = compute_outputs(runner, train_store, held_idx, norms, run.model_cfg)
+        extra = [(train_store.clips[i].machine, np.asarray(train_store.get(i))) for i in train_idx if i not in set(held_idx)]
+        test = compute_outputs(runner, test_store, list(range(len(test_store))), norms, run.model_cfg)
+        for mtask, label, scoring, comps in METHODS:
+            if mtask != task:
+                continue
+            stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, scoring, comps, extra)
+            scores = score_outputs(stats, test_store.clips, test)
+            results[label] = per_machine(scores)
+    return results
+
+
+def per_machine(scores) -> dict:
+    by = defaultdict(list)
+    for s in scores:
+        by[s.machine].append(s)
+    out = {}
+    for m, rows in by.items():
+        y = np.array([r.label for r in rows])
+        s = np.array([r.score for r in rows])
+        far = float(np.mean([r.anomaly for r in rows if r.label == 0]))
+        out[m] = (float(roc_auc_score(y, s)), float(roc_auc_score(y, s, max_fpr=0.1)), far)
+    return out
+
+
+def summarise(per_seed: dict[int, dict]) -> dict:
+    """Per method and type: mean, SE over (seed, id) units; overall: mean and SE over seeds."""
+    methods = list(next(iter(per_seed.values())))
+    machines = sorted(next(iter(per_seed.values()))[BASELINE])
+    types = sorted({m.split("/")[0] for m in machines})
+    table = {}
+    for method in methods:
+        row = {}
+        for t in types:
+            units = [per_seed[s][method][m] for s in per_seed for m in machines if m.startswith(t + "/")]
+            auc = np.array([u[0] for u in units])
+            base = np.array([per_seed[s][BASELINE][m][0] for s in per_seed for m in machines if m.startswith(t + "/")])
+            row[t] = {"auc": auc.mean(), "se": auc.std(ddof=1) / np.sqrt(auc.size) if auc.size > 1 else float("nan"),
+                      "pauc": float(np.mean([u[1] for u in units])), "diff": (auc - base).mean(),
+                      "diff_se": (auc - base).std(ddof=1) / np.sqrt(auc.size) if auc.size > 1 else float("nan")}
+            fars = [u[2] for u in units if u[2] is not None]
+            row[t]["far"] = float(np.mean(fars)) if fars else None
+        seed_means = np.array([np.mean([np.mean([per_seed[s][method][m][0] for m in machines if m.startswith(t + "/")]) for t in types]) for s in per_seed])
+        base_means = np.array([np.mean([np.mean([per_seed[s][BASELINE][m][0] for m in machines if m.startswith(t + "/")]) for t in types]) for s in per_seed])
+        n = len(seed_means)
+        fars = [per_seed[s][method][m][2] for s in per_seed for m in machines if per_seed[s][method][m][2] is not None]
+        row["mean"] = {"auc": seed_means.mean(), "se": seed_means.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
+                       "pauc": float(np.mean([row[t]["pauc"] for t in types])),
+                       "diff": (seed_means - base_means).mean(),
+                       "diff_se": (seed_means - base_means).std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
+                       "far": float(np.mean(fars)) if fars else None,
+                       "far_machines_within_005": float(np.mean([abs(f - 0.1) <= 0.05 for f in fars])) if fars else None}
+        table[method] = row
+    return {"types": types, "methods": methods, "table": table, "seeds": sorted(per_seed)}
+
+
+def render(summary: dict) -> str:
+    types, table = summary["types"], summary["table"]
+    lines = [f"AUC mean +- standard error over seeds {summary['seeds']} (per type: over seed x id units)", ""]
+    lines.append("| method | " + " | ".join(types) + " | **mean** | vs baseline | false-alarm rate (target 0.1) |")
+    lines.append("|---" * (len(types) + 4) + "|")
+    for method, row in table.items():
+        cells = [f"{row[t]['auc']:.3f} +- {row[t]['se']:.3f}" for t in types]
+        m = row["mean"]
+        if method == BASELINE:
+            verdict = ""
+        else:
+            sign = "better" if m["diff"] > 2 * m["diff_se"] else "worse" if m["diff"] < -2 * m["diff_se"] else "tie (within 2 SE)"
+            verdict = f"{m['diff']:+.3f} +- {m['diff_se']:.3f}: {sign}"
+        far = f"{m['far']:.3f}" if m["far"] is not None else "-"
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{m['auc']:.3f} +- {m['se']:.3f}** | {verdict} | {far} |")
+    default = table[METHODS[0][1]]
+    behind = [t for t in types if default[t]["diff"] < -default[t]["diff_se"]]
+    lines.append("")
+    lines.append(f"default vs baseline per type (paired over seed x id): " + ", ".join(
+        f"{t} {default[t]['diff']:+.3f} +- {default[t]['diff_se']:.3f}" for t in types))
+    lines.append(f"types more than 1 SE below the baseline under the default: {', '.join(behind) or 'none'}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--test", type=int, default=50, help="normal and anomalous test clips per id (each)")
+    ap.add_argument("--tasks", default="multitask,recon,classify")
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--out", type=Path, default=Path("results/accuracy"))
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    tasks = args.tasks.split(",")
+    args.out.mkdir(parents=True, exist_ok=True)
+    per_seed = {}
+    for seed in seeds:
+        cache = args.out / f"seed{seed}.json"
+        if cache.exists():
+            per_seed[seed] = {k: {m: tuple(v) for m, v in d.items()} for k, d in json.loads(cache.read_text()).items()}
+        else:
+            data = synthesise(args.out, seed, args.test)
+            per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, tasks, args.preset, args.epochs)
+            cache.write_text(json.dumps(per_seed[seed]))
+        print(f"seed {seed}: " + ", ".join(f"{k[:24]} {np.mean([v[0] for v in d.values()]):.3f}" for k, d in per_seed[seed].items()), flush=True)
+    summary = summarise(per_seed)
+    text = render(summary)
+    (args.out / "accuracy.md").write_text(text + "\n")
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
