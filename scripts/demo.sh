@@ -27,8 +27,8 @@ stage "1/7 synthesise the default set (6 types x 3 ids, 40 train + 10/10 test cl
   "$BIN/mtad-synth" "$OUT/data"
 stage "2/7 train the multitask model (small preset, CPU)" train \
   "$BIN/mtad-train" --data "$OUT/data" --out "$OUT/run" --preset small --quiet
-stage "3/7 evaluate AUC/pAUC on the test split" eval \
-  "$BIN/mtad-eval" --run "$OUT/run" --data "$OUT/data" --json "$OUT/eval.json" --plots "$OUT/plots" --quiet
+stage "3/7 evaluate AUC/pAUC and false alarms on the test split, beside the simple baseline" eval \
+  "$BIN/mtad-eval" --run "$OUT/run" --data "$OUT/data" --json "$OUT/eval.json" --plots "$OUT/plots" --baseline --quiet
 stage "4/7 export the edge bundle (FP32; FP16 and INT8 accuracy-controlled against the parity budgets)" export \
   "$BIN/mtad-export" --run "$OUT/run" --out "$OUT/bundle" --fp16 --int8 --calib-data "$OUT/data" --accuracy-budget fp16=0.005,int8=0.01 --quiet
 stage "5/7 edge scoring, INT8, torch-free runtime (one JSON line per clip)" edge \

@@ -35,3 +35,14 @@ def baseline_aucs(index: DatasetIndex) -> dict[tuple[str, str], tuple[float, flo
         y = np.array([c.label for c in test])
         results[(mtype, mid)] = (roc_auc_score(y, scores), roc_auc_score(y, scores, max_fpr=0.1))
     return results
+
+
+def baseline_metrics(index: DatasetIndex) -> dict:
+    """The baseline's AUC/pAUC per type and overall, shaped like ``compute_metrics`` (for comparisons)."""
+    results = baseline_aucs(index)
+    types = {}
+    for mtype in sorted({t for t, _ in results}):
+        rows = [v for (t, _), v in results.items() if t == mtype]
+        types[mtype] = {"auc": float(np.mean([a for a, _ in rows])), "pauc": float(np.mean([p for _, p in rows]))}
+    mean = {k: float(np.mean([v[k] for v in types.values()])) if types else None for k in ("auc", "pauc")}
+    return {"types": types, "mean": mean, "machines": [{"machine": f"{t}/{i}", "auc": a, "pauc": p} for (t, i), (a, p) in sorted(results.items())]}

@@ -21,9 +21,10 @@ from mtad.edge_runtime.scoring import SCORINGS
 @click.option("--stats-holdout", type=float, help="With --refit: 0 fits in-sample on every training normal (default: the run's own held-out split).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="With --refit: fusion (default) or paper (the paper's 2-D Mahalanobis).")
 @click.option("--components", help="With --refit and fusion: comma-separated subset of recon,class,spectral.")
+@click.option("--baseline", is_flag=True, help="Also score DATA with the simple baseline (per-id log-mel mean/std statistics) and compare.")
 @click.option("--quiet", is_flag=True)
 @report_errors
-def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, scoring, components, quiet):
+def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, scoring, components, baseline, quiet):
     """Score DATA's test clips with RUN and report AUC/pAUC (DCASE2020 definitions)."""
     from mtad.edge_runtime.dataset import scan_dataset
 
@@ -39,18 +40,32 @@ def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, sco
     index = scan_dataset(data)
     scores, failed = score_split(run, index, progress=not quiet)
     metrics = compute_metrics(scores, failed)
-    click.echo(format_tables(metrics, f"run {run_dir} ({run.task}) on {data}"))
-    if json_path:
-        write_json(metrics, json_path)
+    click.echo(format_tables(metrics, f"run {run_dir} ({run.task}, {run.stats.scoring} scoring) on {data}"))
     if plots_dir:
         for p in write_plots(scores, metrics, plots_dir):
             click.echo(f"plot: {p}", err=True)
-    if compare:
+    base = None
+    if baseline:
+        from .baseline import baseline_metrics
+
+        base = baseline_metrics(index)
+        if base["mean"]["auc"] is None:
+            raise ConfigError(f"--baseline: {data} has no training normals and labelled test clips of the same ids to fit and score it on")
+        metrics["baseline"] = base
+    if json_path:
+        write_json(metrics, json_path)
+    if compare or base:
         named = [(Path(run_dir).name, metrics)]
         for other in compare:
             o = load_run(other)
             s, f = score_split(o, index, progress=not quiet)
             named.append((Path(other).name, compute_metrics(s, f)))
+        if base:
+            named.append(("simple baseline", base))
         click.echo("\nAUC/pAUC per type\n" + format_comparison(named))
-    click.echo(f"mean AUC {metrics['mean']['auc']:.3f}, pAUC {metrics['mean']['pauc']:.3f} over {metrics['n_scored']} clips"
+    far = metrics["mean"].get("false_alarm_rate")
+    click.echo(f"mean AUC {metrics['mean']['auc']:.3f}, pAUC {metrics['mean']['pauc']:.3f}"
+               + (f", false-alarm rate {far:.2f} (target {run.stats.false_alarm_rate:g})" if far is not None else "")
+               + f" over {metrics['n_scored']} clips"
+               + (f"; simple baseline AUC {base['mean']['auc']:.3f} on the same clips" if base else "")
                + (f"; {metrics['n_excluded']} unreadable clip(s) excluded" if metrics["n_excluded"] else ""))
