@@ -1,11 +1,11 @@
 """Detection quality, measured: several seeds of the synthetic set, every scoring method, the
-single-task ablations and the simple baseline, as mean +- standard error.
+single-task ablations, an ArcFace-head variant and the simple baseline, as mean +- standard error.
 
     .venv/bin/python benchmarks/accuracy.py [--seeds 0,1,2] [--test 50] [--out results/accuracy]
 
 Per seed it synthesises the default set (6 types x 3 ids, 40 training normals per id) with
-``--test`` normal and anomalous test clips per id, trains the ``--preset`` model for each task
-(multitask and the ``recon``/``classify`` ablations), then scores the test clips under each
+``--test`` normal and anomalous test clips per id, trains the ``--preset`` model for each variant
+(multitask, the ``recon``/``classify`` ablations, multitask with an ArcFace head), then scores the test clips under each
 scoring method from the *same* trained model. Statistics and thresholds come only from training
 normals (held out from training where a model is involved); test clips are never fitted on.
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,14 @@ from mtad.train.synth import SynthConfig
 from mtad.train.synth_writer import write_dataset
 from mtad.train.trainer import compute_outputs, split_holdout, train_run
 
-# (task, label, scoring, components); the first multitask fusion row is the default
+# Trained models: variant -> (task, model config overrides)
+VARIANTS = {
+    "multitask": ("multitask", {}),
+    "recon": ("recon", {}),
+    "classify": ("classify", {}),
+    "arcface": ("multitask", {"head": "arcface"}),
+}
+# (variant, label, scoring, components); the first multitask fusion row is the default
 METHODS = [
     ("multitask", "default: fusion recon+spectral", "fusion", ("recon", "spectral")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
@@ -48,6 +56,12 @@ METHODS = [
     ("recon", "--task recon, fusion recon+spectral", "fusion", ("recon", "spectral")),
     ("classify", "--task classify, paper scoring", "paper", ()),
     ("classify", "--task classify, fusion class+spectral", "fusion", ("class", "spectral")),
+    ("multitask", "component embed (softmax head)", "fusion", ("embed",)),
+    ("multitask", "fusion recon+embed+spectral", "fusion", ("recon", "embed", "spectral")),
+    ("arcface", "arcface head: component embed", "fusion", ("embed",)),
+    ("arcface", "arcface head: component class", "fusion", ("class",)),
+    ("arcface", "arcface head: fusion recon+spectral", "fusion", ("recon", "spectral")),
+    ("arcface", "arcface head: fusion recon+embed+spectral", "fusion", ("recon", "embed", "spectral")),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
 
@@ -59,16 +73,23 @@ def synthesise(out: Path, seed: int, n_test: int) -> Path:
     return data
 
 
-def evaluate_seed(data: Path, runs: Path, seed: int, tasks: list[str], preset: str, epochs: int | None) -> dict:
-    """``{method: {machine: (auc, pauc, far)}}`` for one seed."""
+def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset: str, epochs: int | None, done: dict) -> dict:
+    """``{method: {machine: (auc, pauc, far)}}`` for one seed; methods already in ``done`` are kept."""
     index = scan_dataset(data)
-    results: dict[str, dict] = {BASELINE: {f"{t}/{i}": (a, p, None) for (t, i), (a, p) in baseline_aucs(index).items()}}
+    results: dict[str, dict] = dict(done)
+    if BASELINE not in results:
+        results[BASELINE] = {f"{t}/{i}": (a, p, None) for (t, i), (a, p) in baseline_aucs(index).items()}
     train_store = load_features(index.select("train", label=0), progress=False)
     test_store = load_features(index.select("test"), progress=False)
-    for task in tasks:
-        run_dir = runs / f"seed{seed}-{task}"
+    for variant in variants:
+        if all(label in results for v, label, _, _ in METHODS if v == variant):
+            continue
+        task, model_overrides = VARIANTS[variant]
+        run_dir = runs / f"seed{seed}-{variant}"
         if not (run_dir / "stats.npz").exists():
-            train_run(data, run_dir, load_config(preset, epochs=epochs, task=task, seed=seed), progress=False, log=lambda m: None)
+            cfg = load_config(preset, epochs=epochs, task=task, seed=seed)
+            cfg = replace(cfg, model=replace(cfg.model, **model_overrides))
+            train_run(data, run_dir, cfg, progress=False, log=lambda m: None)
         run = load_run(run_dir)
         tcfg = run.ckpt["config"]["train"]
         norms = norms_from_checkpoint(run.ckpt)
@@ -77,8 +98,8 @@ def evaluate_seed(data: Path, runs: Path, seed: int, tasks: list[str], preset: s
         held = compute_outputs(runner, train_store, held_idx, norms, run.model_cfg)
         extra = [(train_store.clips[i].machine, np.asarray(train_store.get(i))) for i in train_idx if i not in set(held_idx)]
         test = compute_outputs(runner, test_store, list(range(len(test_store))), norms, run.model_cfg)
-        for mtask, label, scoring, comps in METHODS:
-            if mtask != task:
+        for mvariant, label, scoring, comps in METHODS:
+            if mvariant != variant or label in results:
                 continue
             stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, scoring, comps, extra)
             scores = score_outputs(stats, test_store.clips, test)
@@ -158,23 +179,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--test", type=int, default=50, help="normal and anomalous test clips per id (each)")
-    ap.add_argument("--tasks", default="multitask,recon,classify")
+    ap.add_argument("--variants", default=",".join(VARIANTS), help=f"trained models, from {', '.join(VARIANTS)}")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--out", type=Path, default=Path("results/accuracy"))
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    tasks = args.tasks.split(",")
+    variants = args.variants.split(",")
     args.out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     for seed in seeds:
         cache = args.out / f"seed{seed}.json"
-        if cache.exists():
-            per_seed[seed] = {k: {m: tuple(v) for m, v in d.items()} for k, d in json.loads(cache.read_text()).items()}
+        done = {k: {m: tuple(v) for m, v in d.items()} for k, d in json.loads(cache.read_text()).items()} if cache.exists() else {}
+        wanted = [label for v, label, _, _ in METHODS if v in variants]
+        if all(label in done for label in wanted) and BASELINE in done:
+            per_seed[seed] = {k: done[k] for k in [BASELINE] + wanted}
         else:
             data = synthesise(args.out, seed, args.test)
-            per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, tasks, args.preset, args.epochs)
+            per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, variants, args.preset, args.epochs, done)
             cache.write_text(json.dumps(per_seed[seed]))
+            per_seed[seed] = {k: per_seed[seed][k] for k in [BASELINE] + wanted}
         print(f"seed {seed}: " + ", ".join(f"{k[:24]} {np.mean([v[0] for v in d.values()]):.3f}" for k, d in per_seed[seed].items()), flush=True)
     summary = summarise(per_seed)
     text = render(summary)

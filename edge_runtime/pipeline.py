@@ -72,9 +72,9 @@ class EdgeScorer:
             timing["inference"] = time.perf_counter() - s
             return out
 
-        residual, logits = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
+        residual, logits, embedding = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
         t2 = time.perf_counter()
-        parts = self.bundle.stats.score_parts(machine, ClipEvidence(residual, logits, logmel))
+        parts = self.bundle.stats.score_parts(machine, ClipEvidence(residual, logits, logmel, embedding))
         threshold = self.bundle.stats.threshold(machine)
         t3 = time.perf_counter()
         inference = timing["inference"]

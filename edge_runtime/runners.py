@@ -1,4 +1,4 @@
-"""Inference runners with one interface: ``infer(batch (N, n_mels, T)) -> (prediction, logits)``.
+"""Inference runners with one interface: ``infer(batch (N, n_mels, T)) -> (prediction, logits, embedding)``.
 
 Builders (export, engine build) are elsewhere; runners only load and run artifacts.
 """
@@ -25,7 +25,7 @@ class Runner(Protocol):
     backend: str
     precision: str
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]: ...
 
 
 @functools.lru_cache(maxsize=1)
@@ -93,9 +93,9 @@ class OnnxRuntimeRunner:
         self.provider = self.session.get_providers()[0]
         self.input_name = self.session.get_inputs()[0].name
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        pred, logits = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})
-        return pred, logits
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
+        """``(prediction, logits)``, plus ``embedding`` where the model has one (bundles since 0.2)."""
+        return tuple(self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)}))
 
     __call__ = infer
 

@@ -13,6 +13,8 @@ Two scorings share one statistics file:
     id's centre (covariance shared within the type). Two-sided: an error that falls below
     normal (a missing click) counts as much as one that rises;
   - ``class``: cross-entropy of the true id (the paper's classification score);
+  - ``embed``: cosine distance of the clip's ResNet embedding (mean of the length-normalised
+    window embeddings) to the id's centre;
   - ``spectral``: Mahalanobis distance of the clip's log-mel mean and std per bin to the id's
     centre (covariance shared within the type). No model involved.
 
@@ -32,7 +34,7 @@ from .features import Normalization
 MSE_TYPES = frozenset({"valve", "slider"})  # sound spread over the whole band (paper)
 TASKS = ("multitask", "recon", "classify")
 SCORINGS = ("fusion", "paper")
-COMPONENTS = ("recon", "class", "spectral")
+COMPONENTS = ("recon", "class", "embed", "spectral")
 DEFAULT_COMPONENTS = ("recon", "spectral")
 LOG_EPS = 1e-6  # floor inside log() of squared errors and distances
 # Adjacent mel bins pooled into bands before the per-id Gaussians: with ~10-40 normals per id,
@@ -48,7 +50,7 @@ def uses_mse(machine_type: str) -> bool:
 
 def task_components(task: str) -> tuple[str, ...]:
     """The fusion components a model trained for ``task`` can provide."""
-    return {"multitask": COMPONENTS, "recon": ("recon", "spectral"), "classify": ("class", "spectral")}[task]
+    return {"multitask": COMPONENTS, "recon": ("recon", "spectral"), "classify": ("class", "embed", "spectral")}[task]
 
 
 def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> float:
@@ -80,6 +82,15 @@ def spectral_vector(logmel: np.ndarray) -> np.ndarray:
     return np.concatenate([band_mean(x.mean(axis=1), SPECTRAL_BAND), band_mean(x.std(axis=1), SPECTRAL_BAND)])
 
 
+def unit(v: np.ndarray, axis: int = -1) -> np.ndarray:
+    return v / (np.linalg.norm(v, axis=axis, keepdims=True) + 1e-12)
+
+
+def embedding_vector(embedding: np.ndarray) -> np.ndarray:
+    """The clip's direction in embedding space: mean of its unit window embeddings ``(N, E) -> (E,)``."""
+    return unit(unit(embedding.astype(np.float64)).mean(axis=0))
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)
@@ -98,6 +109,7 @@ class ClipEvidence:
     residual: np.ndarray | None  # (n_mels, T') input minus predicted next frame
     logits: np.ndarray | None  # (N windows, K)
     logmel: np.ndarray  # (n_mels, T)
+    embedding: np.ndarray | None = None  # (N windows, E) ResNet embeddings
 
 
 @dataclass
@@ -175,6 +187,10 @@ class ScoringStats:
 
     # -- fusion components -----------------------------------------------------------------
     def component_vector(self, component: str, ev: ClipEvidence) -> np.ndarray:
+        if component == "embed":
+            if ev.embedding is None:
+                raise BundleError("the embed score needs a model with an embedding output (re-export the bundle)")
+            return embedding_vector(ev.embedding)
         return log_error_vector(ev.residual) if component == "recon" else spectral_vector(ev.logmel)
 
     def component_score(self, component: str, machine: str, ev: ClipEvidence) -> float:
@@ -182,6 +198,10 @@ class ScoringStats:
         if component == "class":
             return classification_score(ev.logits, self.class_index(machine))
         centre = self.centres.get(f"{component}|{machine}")
+        if component == "embed":
+            if centre is None:
+                raise BundleError(f"no embed centre for {machine!r}")
+            return float(1.0 - self.component_vector("embed", ev) @ centre)
         precision = self.precisions.get(f"{component}|{machine.split('/')[0]}")
         if centre is None or precision is None:
             raise BundleError(f"no {component} statistics for {machine!r}")

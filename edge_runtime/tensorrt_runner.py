@@ -84,7 +84,7 @@ def check_engine_key(stored: dict) -> None:
 
 
 class TensorRTRunner:
-    """Runs a serialised engine: ``infer(batch (N, n_mels, T)) -> (prediction, logits)``."""
+    """Runs a serialised engine: ``infer(batch (N, n_mels, T)) -> (prediction, logits[, embedding])``."""
 
     backend = "tensorrt"
 
@@ -116,7 +116,7 @@ class TensorRTRunner:
             self._buffers[name] = (ptr, nbytes)
         return ptr
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         h2d = self.cudart.cudaMemcpyKind.cudaMemcpyHostToDevice
         d2h = self.cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         x = np.ascontiguousarray(batch, dtype=self.dtypes[self.inputs[0]])
@@ -134,7 +134,7 @@ class TensorRTRunner:
         for name in self.outputs:
             _check(self.cudart.cudaMemcpyAsync(host[name].ctypes.data, self._buffers[name][0], host[name].nbytes, d2h, self.stream))
         _check(self.cudart.cudaStreamSynchronize(self.stream))
-        outs = [host[n].astype(np.float32, copy=False) for n in ("prediction", "logits")]
+        outs = [host[n].astype(np.float32, copy=False) for n in ("prediction", "logits", "embedding") if n in host]
         return outs[0], outs[1]
 
     __call__ = infer

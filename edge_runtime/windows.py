@@ -42,11 +42,13 @@ def prediction_residual(x: np.ndarray, pred: np.ndarray, starts: list[int], warm
     return (x[:, warmup + 1 : n_frames] - predicted[:, warmup + 1 : n_frames]).astype(np.float32, copy=False)
 
 
-def clip_outputs(x: np.ndarray, infer, window: int, warmup: int) -> tuple[np.ndarray, np.ndarray]:
-    """Run ``infer((N, n_mels, window)) -> (pred, logits)`` over a normalised clip.
+def clip_outputs(x: np.ndarray, infer, window: int, warmup: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Run ``infer((N, n_mels, window)) -> (pred, logits[, embedding])`` over a normalised clip.
 
-    Returns the prediction residual ``(n_mels, T - warmup - 1)`` and the logits ``(N, K)``.
+    Returns the prediction residual ``(n_mels, T - warmup - 1)``, the logits ``(N, K)`` and the
+    window embeddings ``(N, E)`` (None for a model without that output).
     """
     batch, starts = make_windows(x, window, warmup)
-    pred, logits = infer(batch)
-    return prediction_residual(x, np.asarray(pred), starts, warmup), np.asarray(logits)
+    out = infer(batch)
+    embedding = np.asarray(out[2]) if len(out) > 2 else None
+    return prediction_residual(x, np.asarray(out[0]), starts, warmup), np.asarray(out[1]), embedding

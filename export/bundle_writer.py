@@ -28,8 +28,8 @@ from .quantize import quantize_int8
 
 def compare_outputs(runner, reference: TorchRunner, windows: np.ndarray) -> dict:
     """Max/mean absolute error per output and argmax agreement of the logits vs PyTorch."""
-    p, lg = runner.infer(windows)
-    rp, rlg = reference.infer(windows)
+    p, lg = runner.infer(windows)[:2]
+    rp, rlg = reference.infer(windows)[:2]
     return {
         "prediction": {"max_abs": float(np.abs(p - rp).max()), "mean_abs": float(np.abs(p - rp).mean())},
         "logits": {"max_abs": float(np.abs(lg - rlg).max()), "mean_abs": float(np.abs(lg - rlg).mean())},

@@ -11,12 +11,12 @@ import torch
 from mtad.train.model import MultitaskModel
 
 INPUT = "logmel"
-OUTPUTS = ("prediction", "logits")
+OUTPUTS = ("prediction", "logits", "embedding")
 OPSET = 17  # TensorRT 10's parser takes 9-20; Jetson JetPack 6 ships TensorRT 8.6/10.x
 
 
 def export_fp32(model: MultitaskModel, path: Path, opset: int = OPSET) -> onnx.ModelProto:
-    """Export the inference graph ``logmel (B, n_mels, T) -> prediction (B, n_mels, T), logits (B, K)``.
+    """Export ``logmel (B, n_mels, T) -> prediction (B, n_mels, T), logits (B, K), embedding (B, E)``.
 
     Uses the TorchScript exporter: it honours the requested opset and keeps weights inside
     the file (the dynamo exporter silently moves to opset 18 and external data).
@@ -31,7 +31,7 @@ def export_fp32(model: MultitaskModel, path: Path, opset: int = OPSET) -> onnx.M
             str(path),
             input_names=[INPUT],
             output_names=list(OUTPUTS),
-            dynamic_axes={INPUT: {0: "batch", 2: "frames"}, "prediction": {0: "batch", 2: "frames"}, "logits": {0: "batch"}},
+            dynamic_axes={INPUT: {0: "batch", 2: "frames"}, "prediction": {0: "batch", 2: "frames"}, "logits": {0: "batch"}, "embedding": {0: "batch"}},
             opset_version=opset,
             do_constant_folding=True,
             dynamo=False,

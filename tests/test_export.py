@@ -25,10 +25,11 @@ def test_all_variants_run_on_ort_cpu_and_fp32_matches_pytorch(tiny_bundle, tiny_
     model = model_from_checkpoint(load_checkpoint(tiny_run))
     x = windows(bundle)
     with torch.no_grad():
-        ref_pred, ref_logits = (t.numpy() for t in model(torch.from_numpy(x)))
+        ref_pred, ref_logits, _ = (t.numpy() for t in model(torch.from_numpy(x)))
     for precision, tol in (("fp32", 1e-4), ("fp16", 0.05), ("int8", 1.0)):
         runner = bundle.onnx_runner(precision, "CPUExecutionProvider")
-        pred, logits = runner.infer(x)
+        pred, logits, embedding = runner.infer(x)
+        assert embedding.shape[0] == x.shape[0]
         assert pred.shape == ref_pred.shape and logits.shape == ref_logits.shape
         assert np.abs(logits - ref_logits).max() < tol, precision
         assert np.abs(pred - ref_pred).max() < (1e-4 if precision == "fp32" else 10 * tol), precision
@@ -102,9 +103,9 @@ def test_int8_fused_kernels_would_be_wrong_on_this_cpu_and_runner_avoids_them(ti
     fused = ort.InferenceSession(str(tiny_bundle / "models" / "int8.onnx"), so, providers=["CPUExecutionProvider"])
     fp32 = bundle.onnx_runner("fp32", "CPUExecutionProvider")
     x = windows(bundle, 32)
-    _, ref = fp32.infer(x)
-    _, good = ours.infer(x)
-    _, bad = fused.run(None, {"logmel": x})
+    ref = fp32.infer(x)[1]
+    good = ours.infer(x)[1]
+    bad = fused.run(None, {"logmel": x})[1]
     assert np.abs(good - ref).mean() < np.abs(bad - ref).mean()
 
 

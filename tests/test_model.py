@@ -16,8 +16,8 @@ def test_resnet18_matches_torchvision_parameter_count():
 def test_shapes_and_receptive_field():
     model = MultitaskModel(TINY).eval()
     x = torch.randn(3, 128, 40)
-    pred, logits = model(x)
-    assert pred.shape == (3, 128, 40) and logits.shape == (3, 5)
+    pred, logits, embedding = model(x)
+    assert pred.shape == (3, 128, 40) and logits.shape == (3, 5) and embedding.shape == (3, 8 * 8)
     assert TINY.receptive_field == 1 + sum(TINY.dilations) == 11
     assert model.reconstruct(x).shape == (3, 128, 40)
 
@@ -51,3 +51,20 @@ def test_preset_sizes(preset, lo, hi):
 
     cfg = with_classes(load_config(preset), 18, 128)
     assert lo < count_parameters(MultitaskModel(cfg.model)) < hi
+
+
+def test_arcface_head_margin_and_inference_logits():
+    cfg = ModelConfig(n_classes=3, residual_channels=8, skip_channels=16, dilations=(1, 2), resnet_width=8, window=20, head="arcface")
+    model = MultitaskModel(cfg).eval()
+    x = torch.randn(4, 128, 20)
+    with torch.no_grad():
+        _, logits, embedding = model(x)
+        head = model.classifier.fc
+        cos = head.cosine(embedding)
+        assert torch.allclose(logits, cfg.arcface_scale * cos, atol=1e-5)  # inference: plain scaled cosine
+        target = torch.nn.functional.one_hot(torch.tensor([0, 1, 2, 0]), 3).float()
+        margin = head.margin_logits(embedding, target)
+    # the margin lowers the labelled class's logit only, and by exactly the angle m
+    assert torch.all(margin[target == 1] < logits[target == 1]) and torch.allclose(margin[target == 0], logits[target == 0], atol=1e-4)
+    theta = torch.acos(cos[target == 1].clamp(-1, 1))
+    assert torch.allclose(margin[target == 1], cfg.arcface_scale * torch.cos(theta + cfg.arcface_margin), atol=1e-4)

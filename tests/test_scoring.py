@@ -40,8 +40,10 @@ def test_classification_score_is_cross_entropy_of_true_id():
 def _evidence(rng, n, machine="fan/id_00", n_mels=32, shift=0.0, scale=1.0):
     """``n`` clips of random evidence: residuals, logits and raw log-mel (an id-specific level)."""
     level = {"fan/id_00": 0.0, "fan/id_02": 3.0}[machine]
+    direction = {"fan/id_00": np.eye(6)[0], "fan/id_02": np.eye(6)[1]}[machine] * 4  # each id's embedding direction
     return [(machine, ClipEvidence(rng.standard_normal((n_mels, 30)) * scale, rng.standard_normal((3, 2)),
-                                   level + shift + rng.standard_normal((n_mels, 40)) * scale)) for _ in range(n)]
+                                   level + shift + rng.standard_normal((n_mels, 40)) * scale,
+                                   direction + rng.standard_normal((3, 6)) * scale)) for _ in range(n)]
 
 
 def test_paper_scoring_and_stats_storage_round_trip(rng, tmp_path):
@@ -64,9 +66,11 @@ def test_paper_scoring_and_stats_storage_round_trip(rng, tmp_path):
 def test_fusion_is_per_id_two_sided_and_round_trips(rng, tmp_path):
     norm = Normalization(np.zeros(32, np.float32), np.ones(32, np.float32))
     held = _evidence(rng, 12) + _evidence(rng, 12, "fan/id_02")
-    stats, finals = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=("recon", "class", "spectral"))
+    stats, finals = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=("recon", "class", "embed", "spectral"))
     # per-id centres, one shared precision per type, a calibration per (component, id)
-    assert {k.split("|")[0] for k in stats.centres} == {"recon", "spectral"}
+    assert {k.split("|")[0] for k in stats.centres} == {"recon", "embed", "spectral"}
+    assert {k.split("|")[0] for k in stats.precisions} == {"recon", "spectral"}  # embed: cosine distance, no covariance
+    np.testing.assert_allclose(stats.centres["embed|fan/id_02"] @ np.eye(6)[1], 1.0, atol=0.05)
     np.testing.assert_allclose(stats.centres["spectral|fan/id_02"][:8], 3.0, atol=0.2)  # 8 bands of mean, 8 of std
     assert stats.precisions["spectral|fan"].shape == (16, 16) and stats.precisions["recon|fan"].shape == (4, 4)
     # standardised on held-out normals: their out-of-sample fused scores centre near 0
@@ -81,7 +85,9 @@ def test_fusion_is_per_id_two_sided_and_round_trips(rng, tmp_path):
     back = ScoringStats.load(tmp_path / "s.npz")
     ev = held[3][1]
     assert back.score_parts("fan/id_00", ev) == stats.score_parts("fan/id_00", ev)
-    assert back.components == ("recon", "class", "spectral") and back.scoring == "fusion"
+    assert back.components == ("recon", "class", "embed", "spectral") and back.scoring == "fusion"
+    other = _evidence(rng, 1, "fan/id_02")[0][1]
+    assert stats.component_score("embed", "fan/id_00", other) > 0.5 > stats.component_score("embed", "fan/id_00", held[0][1])
 
 
 def test_fusion_refuses_too_few_heldout_clips_and_wrong_components(rng):

@@ -22,11 +22,11 @@ def test_engine_build_matches_onnx_and_is_keyed(tiny_bundle, tmp_path):
 
     bundle = load_bundle(tiny_bundle)
     x = np.random.default_rng(0).standard_normal((4, 128, bundle.window)).astype(np.float32)
-    _, ref = bundle.onnx_runner("fp32", "CPUExecutionProvider").infer(x)
+    ref = bundle.onnx_runner("fp32", "CPUExecutionProvider").infer(x)[1]
     for precision, tol in (("fp16", 0.05), ("int8", 1.0)):
         engine = tmp_path / f"{precision}.engine"
         key = build_engine(tiny_bundle / "models" / f"{precision}.onnx", engine, precision, bundle.window, 128)
-        _, logits = TensorRTRunner(engine, precision, key).infer(x)
+        logits = TensorRTRunner(engine, precision, key).infer(x)[1]
         assert np.abs(logits - ref).max() < tol
     with pytest.raises(BundleError, match="another device"):
         TensorRTRunner(engine, "int8", {**key, "gpu": "some other GPU"})

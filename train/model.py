@@ -23,6 +23,9 @@ class ModelConfig:
     resnet_width: int = 64
     resnet_blocks: tuple[int, ...] = (2, 2, 2, 2)
     window: int = 313  # frames per training/inference window
+    head: str = "softmax"  # or "arcface": cosine logits with an additive angular margin in training
+    arcface_scale: float = 16.0
+    arcface_margin: float = 0.5  # radians, applied in proportion to each soft label
 
     @property
     def receptive_field(self) -> int:
@@ -34,6 +37,10 @@ class ModelConfig:
         """Leading frames of a window whose prediction lacks full context; never scored."""
         return self.receptive_field - 1
 
+    def __post_init__(self):
+        if self.head not in ("softmax", "arcface"):
+            raise ValueError(f"head must be softmax or arcface, got {self.head!r}")
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["dilations"] = list(self.dilations)
@@ -42,7 +49,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
-        d = dict(d)
+        d = dict(d)  # checkpoints from before the head option have no head keys: their defaults apply
         d["dilations"] = tuple(d["dilations"])
         d["resnet_blocks"] = tuple(d["resnet_blocks"])
         return cls(**d)
@@ -102,10 +109,34 @@ class BasicBlock(nn.Module):
         return F.relu(out + identity)
 
 
+class ArcFaceHead(nn.Module):
+    """Cosine logits ``s * cos(theta_k)`` between the embedding and each class's weight vector.
+
+    In training, :meth:`margin_logits` adds the ArcFace angular margin ``m`` to the angle of the
+    labelled class(es), scaled by the soft label, which pulls each id's embeddings together.
+    """
+
+    def __init__(self, in_features: int, n_classes: int, scale: float, margin: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(n_classes, in_features) * 0.01)
+        self.scale, self.margin = scale, margin
+
+    def cosine(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(F.normalize(x, dim=1), F.normalize(self.weight, dim=1))  # (B, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * self.cosine(x)
+
+    def margin_logits(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        theta = torch.acos(self.cosine(x).clamp(-1 + 1e-6, 1 - 1e-6))
+        return self.scale * torch.cos((theta + self.margin * target).clamp(max=torch.pi))
+
+
 class ResNet18(nn.Module):
     """torchvision's ResNet-18 layout (BasicBlock x [2,2,2,2]) with a configurable width."""
 
-    def __init__(self, in_channels: int, n_classes: int, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2)):
+    def __init__(self, in_channels: int, n_classes: int, width: int = 64, blocks: tuple[int, ...] = (2, 2, 2, 2),
+                 head: str = "softmax", arcface_scale: float = 16.0, arcface_margin: float = 0.5):
         super().__init__()
         self.stem = nn.Sequential(
             nn.Conv2d(in_channels, width, 7, 2, 3, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2, 1)
@@ -117,15 +148,22 @@ class ResNet18(nn.Module):
                 layers.append(BasicBlock(ch, out, 2 if (j == 0 and i > 0) else 1))
                 ch = out
         self.layers = nn.Sequential(*layers)
-        self.fc = nn.Linear(ch, n_classes)
+        self.embedding_dim = ch
+        self.fc = ArcFaceHead(ch, n_classes, arcface_scale, arcface_margin) if head == "arcface" else nn.Linear(ch, n_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
         h = self.layers(self.stem(x))  # (B, C, H', W')
-        return self.fc(h.mean(dim=(2, 3)))  # global average pool -> (B, n_classes)
+        return h.mean(dim=(2, 3))  # global average pool -> (B, C)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(logits (B, n_classes), embedding (B, C))``."""
+        e = self.embed(x)
+        return self.fc(e), e
 
 
 class MultitaskModel(nn.Module):
-    """Input normalised log-mel (B, n_mels, T) -> (next-frame prediction (B, n_mels, T), logits (B, K)).
+    """Input normalised log-mel (B, n_mels, T) -> (next-frame prediction (B, n_mels, T), logits (B, K),
+    embedding (B, E): the ResNet's pooled feature, for the ``embed`` score).
 
     ``prediction[:, :, t]`` estimates ``input[:, :, t + 1]`` from frames up to t.
     """
@@ -137,13 +175,13 @@ class MultitaskModel(nn.Module):
         self.recon_head = nn.Sequential(
             nn.Conv1d(cfg.skip_channels, cfg.skip_channels, 1), nn.ReLU(), nn.Conv1d(cfg.skip_channels, cfg.n_mels, 1)
         )
-        self.classifier = ResNet18(1, cfg.n_classes, cfg.resnet_width, cfg.resnet_blocks)
+        self.classifier = ResNet18(1, cfg.n_classes, cfg.resnet_width, cfg.resnet_blocks, cfg.head, cfg.arcface_scale, cfg.arcface_margin)
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         feat = self.wavenet(x)  # (B, S, T)
         pred = self.recon_head(feat)  # (B, n_mels, T)
-        logits = self.classifier(feat.unsqueeze(1))  # feature map as a 1-channel image (B, 1, S, T)
-        return pred, logits
+        logits, embedding = self.classifier(feat.unsqueeze(1))  # feature map as a 1-channel image (B, 1, S, T)
+        return pred, logits, embedding
 
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """Prediction only (skips the ResNet), for the reconstruction-only ablation."""

@@ -1,4 +1,4 @@
-"""PyTorch reference runner: same ``infer(batch) -> (pred, logits)`` interface as the edge runners."""
+"""PyTorch reference runner: same ``infer(batch) -> (pred, logits, embedding)`` interface as the edge runners."""
 
 from __future__ import annotations
 
@@ -20,13 +20,12 @@ class TorchRunner:
         self.batch_size = batch_size
 
     @torch.no_grad()
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        preds, logits = [], []
+    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        outs = [], [], []
         for i in range(0, batch.shape[0], self.batch_size):
             x = torch.from_numpy(np.ascontiguousarray(batch[i : i + self.batch_size])).to(self.device)
-            p, lg = self.model(x)
-            preds.append(p.float().cpu().numpy())
-            logits.append(lg.float().cpu().numpy())
-        return np.concatenate(preds), np.concatenate(logits)
+            for acc, t in zip(outs, self.model(x)):
+                acc.append(t.float().cpu().numpy())
+        return tuple(np.concatenate(o) for o in outs)
 
     __call__ = infer

@@ -20,6 +20,7 @@ from mtad.edge_runtime.scoring import (
     mahalanobis,
     spectral_vector,
     task_components,
+    unit,
     uses_mse,
 )
 
@@ -126,6 +127,13 @@ def fit_scoring_stats(
     for comp in components:
         if comp == "class":
             raw[comp] = {m: np.array([st.component_score("class", m, ev) for ev in evs]) for m, evs in by_machine.items()}
+            continue
+        if comp == "embed":  # cosine distance to the id's mean direction, leave-one-out for calibration
+            raw[comp] = {}
+            for m, evs in by_machine.items():
+                vecs = np.stack([st.component_vector("embed", ev) for ev in evs])
+                st.centres[f"embed|{m}"] = unit(vecs.mean(axis=0))
+                raw[comp][m] = np.array([1.0 - vecs[i] @ unit(np.delete(vecs, i, axis=0).mean(axis=0)) for i in range(len(vecs))])
             continue
         raw[comp] = {}
         for t in sorted({m.split("/")[0] for m in by_machine}):

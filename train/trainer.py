@@ -92,7 +92,10 @@ def losses(model: MultitaskModel, x: torch.Tensor, target: torch.Tensor, task: s
     if task == "recon":
         pred, logits = model.reconstruct(x), None
     else:
-        pred, logits = model(x)
+        pred, logits, embedding = model(x)
+        head = model.classifier.fc
+        if hasattr(head, "margin_logits"):  # ArcFace: the margin applies in training only
+            logits = head.margin_logits(embedding, target)
     recon = F.mse_loss(pred[:, :, warmup:-1].float(), x[:, :, warmup + 1 :]) if task != "classify" else zero
     cls = -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean() if task != "recon" else zero
     return recon + cls, recon, cls
@@ -136,8 +139,8 @@ def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, mode
     for i in tqdm(indices, desc=desc, unit="clip", disable=None if progress else True):
         c = store.clips[i]
         logmel = np.asarray(store.get(i))
-        residual, logits = clip_outputs(norms[c.machine_type].apply(logmel), runner.infer, model_cfg.window, model_cfg.warmup)
-        out.append((c.machine, ClipEvidence(residual, logits, logmel)))
+        residual, logits, embedding = clip_outputs(norms[c.machine_type].apply(logmel), runner.infer, model_cfg.window, model_cfg.warmup)
+        out.append((c.machine, ClipEvidence(residual, logits, logmel, embedding)))
     return out
 
 
