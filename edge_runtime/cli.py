@@ -1,4 +1,5 @@
-"""``mtad-edge``: score WAV files or a live microphone on the device; ``bench``; ``build-engine``."""
+"""``mtad-edge``: score WAV files or a live microphone on the device; ``bench``; ``build-engine``;
+``enroll`` and ``rollback``."""
 
 from __future__ import annotations
 
@@ -78,7 +79,10 @@ def score(bundle_dir, machine, backend, precision, threads, channel, out_path, m
     if list_devices:
         from .mic import list_input_devices
 
-        for d in list_input_devices():
+        devices = list_input_devices()
+        if not devices:
+            raise MtadError("no audio input devices found (is a microphone plugged in, and is this user in the 'audio' group?)")
+        for d in devices:
             click.echo(f"{d['index']}: {d['name']} ({d['channels']} ch, {d['rate']:.0f} Hz)")
         return
     if not mic and not paths:
@@ -183,3 +187,52 @@ def build_engine_cmd(bundle_dir, precisions, max_batch):
         tmp.replace(engine)
         tmp.with_suffix(".key.json").replace(engine.with_suffix(".key.json"))
         click.echo(f"engine: {engine}")
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@click.option("--machine", required=True, help="TYPE/ID to enroll, e.g. fan/id_07 (the type must be one the model was trained on).")
+@click.option("--seconds-per-clip", "segment_seconds", default=10.0, show_default=True, help="Enrollment audio is cut into clips of this length.")
+@click.option("--mic", is_flag=True, help="Record the enrollment audio from the microphone first (then enroll from those files).")
+@click.option("--minutes", default=5.0, show_default=True, help="--mic: minutes of normal operation to record.")
+@click.option("--input-device", "device_index", type=int, help="--mic: input device index (see mtad-edge --list-devices).")
+@click.option("--record-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="--mic: where the recording goes (default ./mtad-enroll-TYPE-ID-TIME); enroll again from it with PATH.")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@report_errors
+def enroll(bundle_dir, machine, segment_seconds, mic, minutes, device_index, record_dir, paths):
+    """Bring a new machine under watch from recordings (WAV files or folders) of its NORMAL sound.
+
+    Fits the machine's scoring statistics and threshold on the device (no torch, no retraining)
+    and writes them as a new revision of the bundle; `mtad-edge rollback` restores the previous one.
+    """
+    from .enroll import enroll as enroll_machine
+
+    log = lambda m: click.echo(m, err=True)  # noqa: E731
+    if mic == bool(paths):
+        raise click.UsageError("give either WAV files/folders of normal sound, or --mic (not both)")
+    if mic:
+        from .bundle import load_bundle
+        from .enroll import check_enrollable
+        from .mic import record_microphone
+
+        check_enrollable(load_bundle(bundle_dir), machine)  # before minutes of recording, not after
+        record_dir = record_dir or Path(f"mtad-enroll-{machine.replace('/', '-')}-{time.strftime('%Y%m%dT%H%M%S')}")
+        paths = record_microphone(record_dir, minutes * 60, device_index, log=log)
+        log(f"recorded {len(paths)} file(s) into {record_dir}/ (kept: enroll again from it if needed)")
+    files = list(iter_wavs(paths))
+    if not files:
+        raise click.UsageError("no WAV files found in the given paths")
+    r = enroll_machine(bundle_dir, machine, files, segment_seconds, log=log)
+    click.echo(f"enrolled {r.machine} from {r.n_clips} clip(s) ({r.seconds:.0f} s of audio) with {', '.join(r.components)}: "
+               f"threshold {r.threshold:.3f}; bundle revision {r.revision} (mtad-edge rollback undoes it)")
+
+
+@main.command()
+@click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
+@report_errors
+def rollback(bundle_dir):
+    """Restore the bundle's previous revision (undo the last enrollment)."""
+    from .enroll import rollback as rollback_bundle
+
+    click.echo(f"rolled back {bundle_dir} to revision {rollback_bundle(bundle_dir)}")

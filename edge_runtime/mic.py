@@ -12,6 +12,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -292,6 +293,85 @@ def run_microphone(scorer, machine, sink, base, device_index=None, window_s=10.0
         session.stop.set()
         session.thread.join(timeout=5)
         return session.summary()
+    finally:
+        if stream is not None:
+            stream.stop_stream()
+            stream.close()
+        pa.terminate()
+
+
+def record_microphone(out_dir: Path, seconds: float, device_index=None, pyaudio_module=None, sample_rate: int = 16000,
+                      part_seconds: float = 60.0, frames_per_buffer: int = 1024, log=print) -> list[Path]:
+    """Record ``seconds`` of the input device into ``out_dir/part-NNNN.wav`` (16 kHz mono 16-bit).
+
+    Each part is a complete WAV file, written to a temporary name and renamed, so a crash or a
+    pulled plug loses at most the part under way, and what was recorded can be used again.
+    Returns the part files in order.
+    """
+    import queue
+
+    import soundfile as sf
+
+    pyaudio = pyaudio_module or import_pyaudio()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _quiet_alsa():
+        pa = pyaudio.PyAudio()
+    chunks: queue.Queue = queue.Queue()
+    overflows = [0]
+
+    def callback(in_data, frame_count, time_info, status_flags):
+        if status_flags:
+            overflows[0] += 1
+        chunks.put(in_data)
+        return None, pyaudio.paContinue
+
+    stream = None
+    parts: list[Path] = []
+    try:
+        info = _device_info(pa, device_index)
+        rate = _capture_rate(pa, pyaudio, info, sample_rate)
+        resample = StreamResampler(rate, sample_rate) if rate != sample_rate else None
+        stream = pa.open(format=pyaudio.paInt16, channels=1, rate=int(rate), input=True, input_device_index=int(info["index"]),
+                         frames_per_buffer=frames_per_buffer, stream_callback=callback)
+        log(f"mic: recording {seconds:g} s from {info.get('name')} at {rate:.0f} Hz into {out_dir}/")
+        stream.start_stream()
+        want, per_part = int(seconds * sample_rate), int(part_seconds * sample_rate)
+        buf: list[np.ndarray] = []
+        have = in_part = 0
+
+        def flush_part():
+            nonlocal buf, in_part
+            if in_part:
+                path = out_dir / f"part-{len(parts) + 1:04d}.wav"
+                tmp = path.with_name(path.stem + ".tmp.wav")
+                sf.write(tmp, np.concatenate(buf), sample_rate, subtype="PCM_16")
+                os.replace(tmp, path)
+                parts.append(path)
+            buf, in_part = [], 0
+
+        while have < want:
+            try:
+                data = chunks.get(timeout=0.5)
+            except queue.Empty:
+                if not stream.is_active():  # the device ended (or a finite simulated source ran out)
+                    break
+                continue
+            x = np.frombuffer(data, np.int16).astype(np.float32) / 32768.0
+            if resample is not None:
+                x = resample(x)
+            x = x[: want - have]
+            buf.append(x)
+            have += len(x)
+            in_part += len(x)
+            if in_part >= per_part:
+                flush_part()
+        flush_part()
+        if overflows[0]:
+            log(f"mic: warning: {overflows[0]} input overflow(s) while recording; the recording has gaps")
+        if have < want:
+            log(f"mic: the input ended after {have / sample_rate:.0f} s of the {seconds:g} s asked for")
+        return parts
     finally:
         if stream is not None:
             stream.stop_stream()

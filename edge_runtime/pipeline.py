@@ -52,9 +52,7 @@ class EdgeScorer:
         self.min_samples = (bundle.window - 1) * self.extract.cfg.hop_length
 
     def check_machine(self, machine: str) -> str:
-        if machine not in self.bundle.stats.class_map:
-            raise BundleError(f"machine {machine!r} is not in this bundle (has: {', '.join(self.bundle.stats.class_map)})")
-        return machine
+        return self.bundle.stats.check_machine(machine)
 
     def score_audio(self, audio: np.ndarray, machine: str, name: str = "audio") -> ScoreResult:
         """Score mono float audio at 16 kHz for ``machine`` ('type/id')."""

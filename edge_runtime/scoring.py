@@ -42,6 +42,7 @@ LOG_EPS = 1e-6  # floor inside log() of squared errors and distances
 # are strongly correlated anyway. Measured in benchmarks/accuracy.py (README).
 RECON_BAND = 8  # 128 mels -> 16 bands of error
 SPECTRAL_BAND = 4  # 128 mels -> 32 bands of mean and of std
+MIN_CALIBRATION_CLIPS = 4  # normals per id needed to standardise scores and set a threshold
 
 
 def uses_mse(machine_type: str) -> bool:
@@ -89,6 +90,21 @@ def unit(v: np.ndarray, axis: int = -1) -> np.ndarray:
 def embedding_vector(embedding: np.ndarray) -> np.ndarray:
     """The clip's direction in embedding space: mean of its unit window embeddings ``(N, E) -> (E,)``."""
     return unit(unit(embedding.astype(np.float64)).mean(axis=0))
+
+
+def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
+    """Upper ``1 - false_alarm_rate`` prediction bound for one *new* score, from ``n`` normal scores.
+
+    ``mean + std * sqrt(1 + 1/n) * t_{n-1}(1 - far)``: under normality a new normal exceeds it
+    with probability ``far`` exactly, which accounts for estimating mean and std from few clips.
+    """
+    from scipy import stats as sstats
+
+    s = np.asarray(scores, np.float64)
+    n = s.size
+    if n < 2:
+        raise ValueError("need at least 2 scores to set a threshold")
+    return float(s.mean() + s.std(ddof=1) * np.sqrt(1 + 1 / n) * sstats.t.ppf(1 - false_alarm_rate, n - 1))
 
 
 def log_softmax(logits: np.ndarray) -> np.ndarray:
@@ -145,6 +161,18 @@ class ScoringStats:
     centres: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> mean vector
     precisions: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type" -> shared precision
     calibration: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> (mean, std) of log score
+    enrolled: list[str] = field(default_factory=list)  # ids added on the device (mtad-edge enroll); no class
+
+    @property
+    def machines(self) -> list[str]:
+        """Every machine this bundle can score: the trained classes, then enrolled ids."""
+        return self.class_map + [m for m in self.enrolled if m not in self.class_map]
+
+    def check_machine(self, machine: str) -> str:
+        if machine not in self.machines:
+            raise BundleError(f"machine {machine!r} is not in this bundle (has: {', '.join(self.machines)}); "
+                              f"a new id of a trained type can be added with mtad-edge enroll")
+        return machine
 
     def class_index(self, machine: str) -> int:
         try:
@@ -222,7 +250,7 @@ class ScoringStats:
         if self.scoring == "paper":
             rec, cls = self.score_pair(machine, ev.residual, ev.logits)
             return ScoreParts(self.final_score(machine, rec, cls), {"recon": rec, "class": cls})
-        self.class_index(machine)  # unknown machines fail here, with the list of known ones
+        self.check_machine(machine)
         raw = {c: self.component_score(c, machine, ev) for c in self.components}
         return ScoreParts(self.fuse(machine, raw), raw)
 
@@ -241,6 +269,7 @@ class ScoringStats:
             "scoring": np.array(self.scoring),
             "components": np.array(list(self.components), dtype=str),
             "class_map": np.array(self.class_map),
+            "enrolled": np.array(list(self.enrolled), dtype=str),
             "false_alarm_rate": np.array(self.false_alarm_rate),
             "threshold_machines": np.array(sorted(self.thresholds)),
             "threshold_values": np.array([self.thresholds[m] for m in sorted(self.thresholds)], np.float64),
@@ -293,6 +322,7 @@ class ScoringStats:
             centres=tables["centre"],
             precisions=tables["precision"],
             calibration=tables["calibration"],
+            enrolled=[str(m) for m in np.asarray(arrays.get("enrolled", np.array([], str))).tolist()],
         )
 
     def save(self, path: Path) -> None:

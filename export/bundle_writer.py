@@ -203,7 +203,7 @@ def export_bundle(
             "schema_version": SCHEMA_VERSION,
             "mtad_version": __version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "source_run": str(run_dir.resolve()),
+            "source_run": run_dir.resolve().name,  # a name: a build machine's path means nothing on the device
             "task": run.task,
             "feature_config": FeatureConfig().to_dict(),
             "model_config": mcfg.to_dict(),

@@ -67,7 +67,8 @@ def _score_files(scorer: EdgeScorer, clips) -> list[Scored]:
 
 
 def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, float], progress: bool = True, log=print):
-    """PyTorch (run statistics) vs each bundle variant on DATA's test clips."""
+    """PyTorch (run statistics) vs each bundle variant on DATA's test clips; ids enrolled on a
+    device are scored with the bundle's statistics for them."""
     from tqdm import tqdm
 
     from mtad.train.evaluate import load_run, score_split
@@ -76,9 +77,17 @@ def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, 
     bundle = load_bundle(bundle_dir)
     if bundle.class_map != run.stats.class_map:
         raise BundleError(f"{bundle_dir} was not exported from {run_dir} (machines differ)")
+    enrolled = [m for m in bundle.stats.enrolled if m not in run.stats.class_map]
+    if enrolled:  # ids enrolled on a device: the run has no statistics for them, the bundle does
+        from dataclasses import replace
+
+        ours = lambda table: {k: v for k, v in table.items() if k.split("|")[-1] in enrolled}  # noqa: E731
+        run.stats = replace(run.stats, centres={**run.stats.centres, **ours(bundle.stats.centres)},
+                            calibration={**run.stats.calibration, **ours(bundle.stats.calibration)},
+                            thresholds={**run.stats.thresholds, **{m: bundle.stats.thresholds[m] for m in enrolled}}, enrolled=enrolled)
     index = scan_dataset(data)
     reference, failed = score_split(run, index, progress=progress)
-    clips = [c for c in index.select("test") if c.machine in set(bundle.class_map) and str(c.path) not in failed]
+    clips = [c for c in index.select("test") if c.machine in set(bundle.stats.machines) and str(c.path) not in failed]
     found = bundle_runners(bundle, log)
     results, scored = {}, {}
     for name, runner in found["runners"].items():
@@ -97,13 +106,21 @@ def device_parity(bundle_dir: Path, budgets: dict[str, float], log=print):
         raise BundleError(f"{bundle_dir}: bundle has no reference set (export with --calib-data pointing at labelled test clips)")
     ref = load_reference_set(bundle.root)
     keys = [str(k) for k in ref["keys"]]
-    reference = [Scored(k, str(m), int(lab), float(s), bundle.stats.threshold(str(m)))
-                 for k, m, lab, s in zip(keys, ref["machines"], ref["labels"], rec["scores"]["pytorch"])]
+    clips = list(zip(keys, [str(m) for m in ref["machines"]], [int(v) for v in ref["labels"]], ref["audio"]))
+    reference = [Scored(k, m, lab, float(s), bundle.stats.threshold(m)) for (k, m, lab, _), s in zip(clips, rec["scores"]["pytorch"])]
+    enrolled = bundle.manifest.get("reference_enrolled")
+    if enrolled:  # ids enrolled on the device: normal clips, scored by the FP32 ONNX model when they were enrolled
+        with np.load(bundle.root / enrolled["file"], allow_pickle=False) as z:
+            audio = [a[:n] for a, n in zip(z["audio"], enrolled["lengths"])]
+        fp32 = next(name for name, v in bundle.variants.items() if v.kind == "onnx" and v.precision == "fp32")
+        for k, m, a, s in zip(enrolled["keys"], enrolled["machines"], audio, enrolled["scores"][fp32]):
+            clips.append((k, m, 0, a))
+            reference.append(Scored(k, m, 0, float(s), bundle.stats.threshold(m)))
     found = bundle_runners(bundle, log)
     results, scored = {}, {}
     for name, runner in found["runners"].items():
         scorer = EdgeScorer(bundle, runner)
-        scored[name] = [Scored(k, str(m), int(lab), scorer.score_audio(a.astype(np.float32) / 32768.0, str(m)).score, bundle.stats.threshold(str(m)))
-                        for k, m, lab, a in zip(keys, ref["machines"], ref["labels"], ref["audio"])]
+        scored[name] = [Scored(k, m, lab, scorer.score_audio(a.astype(np.float32) / 32768.0, m).score, bundle.stats.threshold(m))
+                        for k, m, lab, a in clips]
         results[name] = compare(reference, scored[name], budgets[runner.precision])
     return results, found["skipped"], reference, scored

@@ -104,3 +104,14 @@ def test_missing_pyaudio_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "pyaudio", None)
     with pytest.raises(MicError, match=r"pip install mtad\[mic\]"):
         import_pyaudio()
+
+
+def test_list_devices_says_when_there_are_none(monkeypatch, tiny_bundle):
+    from click.testing import CliRunner
+
+    import mtad.edge_runtime.mic as mic
+    from mtad.edge_runtime.cli import main as edge_main
+
+    monkeypatch.setattr(mic, "list_input_devices", lambda: [])
+    res = CliRunner().invoke(edge_main, ["--bundle", str(tiny_bundle), "--mic", "--list-devices"])
+    assert res.exit_code == 1 and "no audio input devices found" in res.output

@@ -111,7 +111,7 @@ def score_outputs(stats: ScoringStats, clips, outputs) -> list[ClipScore]:
 def score_split(run: LoadedRun, index: DatasetIndex, runner=None, split: str = "test", progress: bool = True) -> tuple[list[ClipScore], dict[str, str]]:
     """Scores of every clip of ``split`` whose machine the run knows; unreadable clips are
     returned separately (path -> reason) and never scored."""
-    known = set(run.stats.class_map)
+    known = set(run.stats.machines)
     clips = [c for c in index.select(split) if c.machine in known]
     if not clips:
         raise DatasetError(f"{index.root}: no {split} clips of the machines this run was trained on ({', '.join(sorted(known))})")

@@ -13,19 +13,18 @@ from mtad.edge_runtime.features import Normalization
 from mtad.edge_runtime.scoring import (
     DEFAULT_COMPONENTS,
     LOG_EPS,
+    MIN_CALIBRATION_CLIPS,
     ClipEvidence,
     ScoringStats,
     TypeStats,
     error_vector,
     mahalanobis,
+    prediction_threshold,
     spectral_vector,
     task_components,
     unit,
     uses_mse,
 )
-
-MIN_CALIBRATION_CLIPS = 4  # held-out normals per id needed to standardise scores and set a threshold
-
 
 def shrunk_precision(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and Ledoit-Wolf-shrunk precision of rows of ``x`` (needs >= 2 rows)."""
@@ -54,19 +53,6 @@ def gamma_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
         return float(np.quantile(scores, 1 - false_alarm_rate)) if scores.size else float("inf")
     shape, loc, scale = sstats.gamma.fit(scores)
     return float(sstats.gamma.ppf(1 - false_alarm_rate, shape, loc=loc, scale=scale))
-
-
-def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
-    """Upper ``1 - false_alarm_rate`` prediction bound for one *new* score, from ``n`` normal scores.
-
-    ``mean + std * sqrt(1 + 1/n) * t_{n-1}(1 - far)``: under normality a new normal exceeds it
-    with probability ``far`` exactly, which accounts for estimating mean and std from few clips.
-    """
-    s = np.asarray(scores, np.float64)
-    n = s.size
-    if n < 2:
-        raise ValueError("need at least 2 scores to set a threshold")
-    return float(s.mean() + s.std(ddof=1) * np.sqrt(1 + 1 / n) * sstats.t.ppf(1 - false_alarm_rate, n - 1))
 
 
 def _loo_distances(vectors: dict[str, np.ndarray], held: dict[str, list[int]], fixed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
