@@ -169,7 +169,7 @@ def render(summary: dict) -> str:
     default = table[METHODS[0][1]]
     behind = [t for t in types if default[t]["diff"] < -default[t]["diff_se"]]
     lines.append("")
-    lines.append(f"default vs baseline per type (paired over seed x id): " + ", ".join(
+    lines.append("default vs baseline per type (paired over seed x id): " + ", ".join(
         f"{t} {default[t]['diff']:+.3f} +- {default[t]['diff_se']:.3f}" for t in types))
     lines.append(f"types more than 1 SE below the baseline under the default: {', '.join(behind) or 'none'}")
     return "\n".join(lines)

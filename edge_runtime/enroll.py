@@ -30,14 +30,13 @@ from .errors import AudioError, BundleError, ConfigError
 from .features import LogMelExtractor
 from .hashing import sha256_file
 from .scoring import (
-    LOG_EPS,
     MIN_CALIBRATION_CLIPS,
     ClipEvidence,
     ScoringStats,
-    embedding_vector,
+    calibration_of,
+    embed_centre_and_loo,
     mahalanobis,
     prediction_threshold,
-    unit,
 )
 from .windows import clip_outputs
 
@@ -102,15 +101,13 @@ def fit_enrollment(stats: ScoringStats, machine: str, evidence: list[ClipEvidenc
     for comp in stats.components:
         vecs = np.stack([st.component_vector(comp, ev) for ev in evidence])
         if comp == "embed":
-            st.centres[f"embed|{machine}"] = unit(vecs.mean(axis=0))
-            raw[comp] = np.array([1.0 - vecs[i] @ unit(np.delete(vecs, i, axis=0).mean(axis=0)) for i in range(len(vecs))])
+            st.centres[f"embed|{machine}"], raw[comp] = embed_centre_and_loo(vecs)
             continue
         precision = stats.precisions[f"{comp}|{machine_type}"]
         st.centres[f"{comp}|{machine}"] = vecs.mean(axis=0)
         raw[comp] = np.array([mahalanobis(vecs[i], np.delete(vecs, i, axis=0).mean(axis=0), precision) for i in range(len(vecs))])
     for comp, values in raw.items():
-        logs = np.log(values + LOG_EPS)
-        st.calibration[f"{comp}|{machine}"] = np.array([logs.mean(), max(logs.std(ddof=1), 1e-6)])
+        st.calibration[f"{comp}|{machine}"] = calibration_of(values)
     finals = [st.fuse(machine, {c: raw[c][i] for c in stats.components}) for i in range(len(evidence))]
     st.thresholds[machine] = prediction_threshold(np.array(finals), stats.false_alarm_rate)
     return st

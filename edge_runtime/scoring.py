@@ -107,6 +107,19 @@ def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
     return float(s.mean() + s.std(ddof=1) * np.sqrt(1 + 1 / n) * sstats.t.ppf(1 - false_alarm_rate, n - 1))
 
 
+def calibration_of(raw_scores: np.ndarray) -> np.ndarray:
+    """``(mean, std)`` of the log scores of an id's out-of-sample normals, for :meth:`ScoringStats.standardise`."""
+    logs = np.log(np.asarray(raw_scores, np.float64) + LOG_EPS)
+    return np.array([logs.mean(), max(logs.std(ddof=1), 1e-6)])
+
+
+def embed_centre_and_loo(vecs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """An id's embedding centre (unit mean direction) and each clip's cosine distance to the
+    centre of the *other* clips (leave-one-out)."""
+    loo = np.array([1.0 - vecs[i] @ unit(np.delete(vecs, i, axis=0).mean(axis=0)) for i in range(len(vecs))])
+    return unit(vecs.mean(axis=0)), loo
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     z = logits.astype(np.float64)
     z = z - z.max(axis=-1, keepdims=True)

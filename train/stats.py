@@ -12,17 +12,17 @@ from mtad.edge_runtime.errors import DatasetError
 from mtad.edge_runtime.features import Normalization
 from mtad.edge_runtime.scoring import (
     DEFAULT_COMPONENTS,
-    LOG_EPS,
     MIN_CALIBRATION_CLIPS,
     ClipEvidence,
     ScoringStats,
     TypeStats,
+    calibration_of,
+    embed_centre_and_loo,
     error_vector,
     mahalanobis,
     prediction_threshold,
     spectral_vector,
     task_components,
-    unit,
     uses_mse,
 )
 
@@ -117,9 +117,7 @@ def fit_scoring_stats(
         if comp == "embed":  # cosine distance to the id's mean direction, leave-one-out for calibration
             raw[comp] = {}
             for m, evs in by_machine.items():
-                vecs = np.stack([st.component_vector("embed", ev) for ev in evs])
-                st.centres[f"embed|{m}"] = unit(vecs.mean(axis=0))
-                raw[comp][m] = np.array([1.0 - vecs[i] @ unit(np.delete(vecs, i, axis=0).mean(axis=0)) for i in range(len(vecs))])
+                st.centres[f"embed|{m}"], raw[comp][m] = embed_centre_and_loo(np.stack([st.component_vector("embed", ev) for ev in evs]))
             continue
         raw[comp] = {}
         for t in sorted({m.split("/")[0] for m in by_machine}):
@@ -134,8 +132,7 @@ def fit_scoring_stats(
             raw[comp].update(_loo_distances(vecs, {m: range(len(vecs[m])) for m in machines}, fixed))
     for comp, per_machine in raw.items():
         for m, values in per_machine.items():
-            logs = np.log(values + LOG_EPS)
-            st.calibration[f"{comp}|{m}"] = np.array([logs.mean(), max(logs.std(ddof=1), 1e-6)])
+            st.calibration[f"{comp}|{m}"] = calibration_of(values)
     finals = {m: [st.fuse(m, {c: raw[c][m][i] for c in components}) for i in range(len(evs))] for m, evs in by_machine.items()}
     st.thresholds = {m: prediction_threshold(np.array(v), false_alarm_rate) for m, v in finals.items()}
     return st, finals
