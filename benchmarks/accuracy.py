@@ -34,7 +34,7 @@ from mtad.train.feature_cache import load_features
 from mtad.train.stats import fit_scoring_stats
 from mtad.train.synth import SynthConfig
 from mtad.train.synth_writer import write_dataset
-from mtad.train.trainer import compute_outputs, split_holdout, train_run
+from mtad.train.trainer import compute_outputs, split_holdout, stats_inputs, train_run
 
 # Trained models: variant -> (task, model config overrides)
 VARIANTS = {
@@ -95,8 +95,7 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
         norms = norms_from_checkpoint(run.ckpt)
         runner = run.runner()
         train_idx, held_idx = split_holdout(train_store, tcfg["stats_holdout"], tcfg["seed"])
-        held = compute_outputs(runner, train_store, held_idx, norms, run.model_cfg)
-        extra = [(train_store.clips[i].machine, np.asarray(train_store.get(i))) for i in train_idx if i not in set(held_idx)]
+        held, extra = stats_inputs(runner, train_store, train_idx, held_idx, norms, run.model_cfg)
         test = compute_outputs(runner, test_store, list(range(len(test_store))), norms, run.model_cfg)
         for mvariant, label, scoring, comps in METHODS:
             if mvariant != variant or label in results:

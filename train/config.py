@@ -134,6 +134,11 @@ def load_config(preset: str = "small", path: str | Path | None = None, **train_o
     return RunConfig(preset, model, train)
 
 
+def train_config_from_dict(d: dict) -> TrainConfig:
+    """The TrainConfig stored in a checkpoint (keys this version does not know are ignored)."""
+    return TrainConfig(**_coerce(TrainConfig, {k: v for k, v in d.items() if k in TrainConfig.__dataclass_fields__}))
+
+
 def with_classes(cfg: RunConfig, n_classes: int, n_mels: int) -> RunConfig:
     return replace(cfg, model=replace(cfg.model, n_classes=n_classes, n_mels=n_mels))
 

@@ -40,7 +40,7 @@ def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, sco
     index = scan_dataset(data)
     scores, failed = score_split(run, index, progress=not quiet)
     metrics = compute_metrics(scores, failed)
-    click.echo(format_tables(metrics, f"run {run_dir} ({run.task}, {run.stats.scoring} scoring) on {data}"))
+    click.echo(format_tables(metrics, f"run {run_dir} ({run.task}, {run.stats.scoring} scoring) on {data}", run.stats.false_alarm_rate))
     if plots_dir:
         for p in write_plots(scores, metrics, plots_dir):
             click.echo(f"plot: {p}", err=True)

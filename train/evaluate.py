@@ -81,9 +81,9 @@ def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, 
     """
     from dataclasses import replace
 
-    from .config import TrainConfig
+    from .config import train_config_from_dict
 
-    tcfg = TrainConfig(**{k: tuple(v) if k == "components" else v for k, v in run.ckpt["config"]["train"].items() if k in TrainConfig.__dataclass_fields__})
+    tcfg = train_config_from_dict(run.ckpt["config"]["train"])
     if holdout is not None and holdout not in (0, tcfg.stats_holdout):
         raise ConfigError(f"--stats-holdout {holdout}: this run held out {tcfg.stats_holdout} of the training normals; "
                           f"another fraction would fit statistics on clips the model trained on (0 does so explicitly)")
@@ -163,7 +163,7 @@ def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = Non
     return {"machines": machines, "types": types, "mean": mean, "n_scored": len(scores), "n_excluded": len(excluded), "excluded": excluded}
 
 
-def format_tables(metrics: dict, title: str = "") -> str:
+def format_tables(metrics: dict, title: str = "", target_false_alarm_rate: float | None = None) -> str:
     """Plain-text tables shaped like the paper's Table 1 (per type) and Table 2 (per id)."""
     lines = [title] if title else []
     lines.append(f"{'type':<12} {'AUC':>6} {'pAUC':>6} {'F1':>6}")
@@ -181,7 +181,8 @@ def format_tables(metrics: dict, title: str = "") -> str:
         lines.append(f"{m['machine_type'] + '/' + m['machine_id']:<20} {auc} {m['precision']:>6.3f} {m['recall']:>6.3f} {m['f1']:>6.3f} {far} {m['n_normal']:>6} {m['n_anomaly']:>6}"
                      + "".join(f" {m.get('component_auc', {}).get(c, float('nan')):>13.3f}" for c in comps))
     if metrics["mean"].get("false_alarm_rate") is not None:
-        lines.append(f"false-alarm rate at the thresholds (target {metrics.get('target_false_alarm_rate', 0.1)}): mean {metrics['mean']['false_alarm_rate']:.3f} over machines")
+        target = f" (target {target_false_alarm_rate:g})" if target_false_alarm_rate is not None else ""
+        lines.append(f"false-alarm rate at the thresholds{target}: mean {metrics['mean']['false_alarm_rate']:.3f} over machines")
     if metrics["n_excluded"]:
         lines.append(f"\nexcluded {metrics['n_excluded']} unreadable clip(s) (not scored):")
         lines += [f"  {e['path']}: {e['reason']}" for e in metrics["excluded"][:10]]

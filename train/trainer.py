@@ -144,14 +144,21 @@ def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, mode
     return out
 
 
+def stats_inputs(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, progress=False):
+    """What the scoring statistics are fitted on: model outputs of the held-out normals, and the
+    raw log-mel of the clips the model trained on (for the model-free spectral component)."""
+    held = compute_outputs(runner, store, stats_idx, norms, model_cfg, progress, desc="fitting scoring stats")
+    held_set = set(stats_idx)
+    extra = [(store.clips[i].machine, np.asarray(store.get(i))) for i in train_idx if i not in held_set]
+    return held, extra
+
+
 def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, tcfg, class_map, progress=False, log=print) -> ScoringStats:
-    """Scoring statistics of a run: model outputs on the held-out normals, plus the raw log-mel of
-    the clips the model trained on for the model-free spectral component."""
+    """Scoring statistics and thresholds of a run, fitted on :func:`stats_inputs`."""
     if set(train_idx) & set(stats_idx):
         log("warning: --stats-holdout 0: scoring statistics and thresholds are fitted on the clips the model trained on "
             "(in-sample); expect more false alarms than the target rate")
-    held = compute_outputs(runner, store, stats_idx, norms, model_cfg, progress, desc="fitting scoring stats")
-    extra = [(store.clips[i].machine, np.asarray(store.get(i))) for i in train_idx if i not in set(stats_idx)]
+    held, extra = stats_inputs(runner, store, train_idx, stats_idx, norms, model_cfg, progress)
     stats, _ = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra)
     return stats
 
