@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
+from mtad.edge_runtime.atomic import atomic_path
 from mtad.edge_runtime.errors import ConfigError
 from mtad.edge_runtime.features import FeatureConfig, Normalization
 
@@ -30,9 +30,8 @@ def save_checkpoint(path: Path, *, model, optimizer, cfg: RunConfig, feature_cfg
         "normalization": {t: {"mean": torch.from_numpy(n.mean.copy()), "std": torch.from_numpy(n.std.copy())} for t, n in norms.items()},
         "history": history,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path) -> dict:

@@ -27,17 +27,44 @@ from .config import PRESETS, TASKS
 @click.option("--components", help="Fusion components, comma-separated subset of recon,class,spectral (default recon,spectral).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes that build the feature cache (results do not change).")
+@click.option("--loader-workers", type=int, default=0, show_default=True, help="DataLoader worker processes that assemble batches (results do not change).")
+@click.option("--channels-last", is_flag=True, help="Run the ResNet in channels-last memory layout (faster convolutions on GPUs).")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the training step (needs a C++ compiler; pays off on long GPU runs).")
+@click.option("--nproc", type=int, help="Train on this many processes of this node (one per GPU): launches torchrun.")
+@click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds a rank waits for the others before every rank stops with an error.")
 @report_errors
-def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, scoring, components, resume, quiet):
-    """Train on the normal clips of DATA's train split; write checkpoint, config, log and statistics to OUT."""
+def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, scoring, components, resume, quiet,
+         workers, loader_workers, channels_last, compile_, nproc, timeout):
+    """Train on the normal clips of DATA's train split; write checkpoint, config, log and statistics to OUT.
+
+    Several GPUs or nodes: start it with torchrun (``torchrun --nproc-per-node N -m mtad.train.cli ...``)
+    or pass --nproc N on one node. The configured batch size is the global batch, split over the ranks.
+    """
+    import sys
+
+    if nproc is not None:
+        from .distributed import launch
+
+        args = sys.argv[1:]
+        i = next(k for k, a in enumerate(args) if a == "--nproc" or a.startswith("--nproc="))
+        del args[i : i + (1 if "=" in args[i] else 2)]
+        sys.exit(launch(nproc, args))
     from .config import load_config
     from .trainer import train_run
 
     cfg = load_config(preset, config_path, epochs=epochs, task=task, device=device, seed=seed, stats_holdout=stats_holdout,
                       scoring=scoring, components=components)
-    result = train_run(data, out, cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True))
+    result = train_run(data, out, cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True), workers=workers,
+                       loader_workers=loader_workers, channels_last=channels_last, compile=compile_, timeout=timeout)
+    if result.stats is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return
     h = result.history
     click.echo(
         f"trained {cfg.preset}/{cfg.train.task} on {result.n_train_clips} clips in {result.seconds:.0f}s: "
         f"loss {h[0]['loss']:.4f} -> {h[-1]['loss']:.4f} over {len(h)} epochs; run written to {out}"
     )
+
+
+if __name__ == "__main__":  # torchrun -m mtad.train.cli
+    main()

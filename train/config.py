@@ -7,8 +7,10 @@ from pathlib import Path
 
 import yaml
 
+from mtad.edge_runtime.atomic import atomic_write
+from mtad.edge_runtime.constants import TASKS
 from mtad.edge_runtime.errors import ConfigError
-from mtad.edge_runtime.scoring import COMPONENTS, DEFAULT_COMPONENTS, SCORINGS, TASKS, task_components
+from mtad.edge_runtime.scoring import COMPONENTS, DEFAULT_COMPONENTS, SCORINGS, task_components
 
 from .model import ModelConfig
 
@@ -34,6 +36,7 @@ class TrainConfig:
     false_alarm_rate: float = 0.1  # target for the per-machine decision thresholds
     scoring: str = "fusion"  # or "paper": the paper's 2-D Mahalanobis of (recon, class) per type
     components: tuple[str, ...] = DEFAULT_COMPONENTS  # fusion components (recon, class, spectral)
+    pseudo_anomalies: float = 0.0  # fraction of each batch added again, perturbed, as extra classes (train/pseudo_anomalies.py)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -42,6 +45,8 @@ class TrainConfig:
             raise ConfigError("epochs, batch_size, windows_per_clip must be >= 1 and lr > 0")
         if not 0 <= self.mixup_prob <= 1 or not 0 <= self.stats_holdout < 1 or not 0 < self.false_alarm_rate < 1:
             raise ConfigError("mixup_prob must be in [0, 1], stats_holdout in [0, 1), false_alarm_rate in (0, 1)")
+        if not 0 <= self.pseudo_anomalies <= 1:
+            raise ConfigError(f"pseudo_anomalies must be in [0, 1], got {self.pseudo_anomalies}")
         if self.weight_decay < 0 or self.lr_schedule not in LR_SCHEDULES:
             raise ConfigError(f"weight_decay must be >= 0 and lr_schedule one of {', '.join(LR_SCHEDULES)}")
         if self.scoring not in SCORINGS:
@@ -144,5 +149,6 @@ def with_classes(cfg: RunConfig, n_classes: int, n_mels: int) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with atomic_write(path, "w") as f:
+        f.write(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 

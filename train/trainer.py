@@ -21,10 +21,12 @@ from mtad.edge_runtime.features import FeatureConfig, fit_normalization
 from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats
 from mtad.edge_runtime.windows import clip_outputs
 
-from .batches import WindowSampler
+from . import distributed
+from .batches import EpochBatches, WindowSampler
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import RunConfig, save_config, with_classes
 from .feature_cache import FeatureStore, load_features
+from . import pseudo_anomalies
 from .model import MultitaskModel
 from .reference import TorchRunner
 from .stats import MIN_CALIBRATION_CLIPS, fit_scoring_stats
@@ -86,13 +88,27 @@ def learning_rate(tcfg, epoch: int) -> float:
     return tcfg.lr
 
 
-def losses(model: MultitaskModel, x: torch.Tensor, target: torch.Tensor, task: str, warmup: int):
-    """(total, recon, class) losses; next-frame MSE skips each window's warm-up frames."""
+def losses(model: MultitaskModel, x: torch.Tensor, target: torch.Tensor, task: str, warmup: int,
+           pseudo: float = 0.0, gen: torch.Generator | None = None):
+    """(total, recon, class) losses; next-frame MSE skips each window's warm-up frames.
+
+    ``pseudo`` > 0: that fraction of the batch is added again with a pseudo-anomaly
+    (:mod:`.pseudo_anomalies`, drawn from ``gen``) for the classifier only; the reconstruction
+    sees clean windows."""
     zero = x.new_zeros(())
+    n_clean = x.shape[0]
+    x_all = x
+    if task != "recon" and pseudo > 0:
+        n_p = max(1, int(round(pseudo * n_clean)))
+        kinds = torch.randint(0, len(pseudo_anomalies.KINDS), (n_p,), generator=gen)
+        x_all = torch.cat([x, pseudo_anomalies.perturb(x[:n_p], kinds, gen)])
+        target = torch.cat([F.pad(target, (0, target.shape[1] * len(pseudo_anomalies.KINDS))),
+                            pseudo_anomalies.pseudo_targets(target[:n_p], kinds)])
     if task == "recon":
         pred, logits = model.reconstruct(x), None
     else:
-        pred, logits, embedding = model(x)
+        pred, logits, embedding = model(x_all)
+        pred = pred[:n_clean]
         head = model.classifier.fc
         if hasattr(head, "margin_logits"):  # ArcFace: the margin applies in training only
             logits = head.margin_logits(embedding, target)
@@ -175,8 +191,42 @@ def write_split(run_dir: Path, store: FeatureStore, stats_idx: list[int], fracti
     os.replace(tmp, run_dir / SPLIT)
 
 
-def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = False, progress: bool = True, cache_dir: Path | None = None, log=print) -> TrainResult:
-    """Train on the normal training clips under ``data`` and write the run to ``out``."""
+class _LossModule(torch.nn.Module):
+    """The model and its loss as one module, so DistributedDataParallel sees every parameter the
+    loss uses (the reconstruction-only path and the ArcFace margin live outside ``forward``)."""
+
+    def __init__(self, model: MultitaskModel, task: str, warmup: int, pseudo: float = 0.0, seed: int = 0):
+        super().__init__()
+        self.model, self.task, self.warmup, self.pseudo = model, task, warmup, pseudo
+        self.gen = torch.Generator().manual_seed(seed)  # pseudo-anomaly draws (CPU generator, any device)
+
+    def forward(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.stack(losses(self.model, x, target, self.task, self.warmup, self.pseudo, self.gen))  # (3,): total, recon, class
+
+
+def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = False, progress: bool = True, cache_dir: Path | None = None, log=print,
+              workers: int = 1, loader_workers: int = 0, channels_last: bool = False, compile: bool = False,
+              timeout: float = distributed.DEFAULT_TIMEOUT_S) -> TrainResult:
+    """Train on the normal training clips under ``data`` and write the run to ``out``.
+
+    Under ``torchrun`` every rank calls this: each trains on its share of every global batch of
+    ``cfg.train.batch_size`` windows, rank 0 alone writes the run; the other ranks return a
+    result whose ``stats`` is None. ``workers`` processes build the feature cache,
+    ``loader_workers`` DataLoader workers assemble batches (neither changes the results);
+    ``channels_last``/``compile`` are speed switches for the GPU. ``timeout``: seconds a rank
+    waits for the others before every rank stops with an error.
+    """
+    if loader_workers < 0:
+        raise ConfigError(f"--loader-workers must be >= 0, got {loader_workers}")
+    ctx = distributed.setup(resolve_device(cfg.train.device), timeout)
+    try:
+        return _train_run(data, out, cfg, resume, progress and ctx.is_main, cache_dir, log if ctx.is_main else (lambda m: None),
+                          ctx, workers, loader_workers, channels_last, compile)
+    finally:
+        distributed.shutdown(ctx)
+
+
+def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx: distributed.Context, workers, loader_workers, channels_last, compile) -> TrainResult:
     t_start = time.time()
     out = Path(out)
     ckpt_path = out / CHECKPOINT
@@ -191,7 +241,7 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
     if not clips:
         raise DatasetError(f"{data}: no normal training clips (<type>/train/normal_id_XX_*.wav)")
     feature_cfg = FeatureConfig()
-    store = load_features(clips, feature_cfg, cache_dir, progress)
+    store = load_features(clips, feature_cfg, cache_dir, progress, workers)  # one rank per node builds, under a file lock
     if store.failed:
         log(f"warning: {len(store.failed)} training clip(s) could not be read and are left out, e.g. {next(iter(store.failed.values()))}")
     if len(store) == 0:
@@ -203,7 +253,7 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
         t: fit_normalization([np.asarray(store.get(i)) for i in train_idx if store.clips[i].machine_type == t])
         for t in sorted({c.machine_type for c in store.clips})
     }
-    cfg = with_classes(cfg, len(class_map), feature_cfg.n_mels)
+    cfg = with_classes(cfg, pseudo_anomalies.n_classes(len(class_map), cfg.train.pseudo_anomalies), feature_cfg.n_mels)
     mcfg, tcfg = cfg.model, cfg.train
 
     torch.manual_seed(tcfg.seed)
@@ -223,44 +273,77 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
         optimizer.load_state_dict(ckpt["optimizer_state"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
-    out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out / "config.yaml")
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+
+    if channels_last:
+        model.classifier.to(memory_format=torch.channels_last)
+    train_model = loss_module = _LossModule(model, tcfg.task, mcfg.warmup, tcfg.pseudo_anomalies)
+    if ctx.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if device == "cuda":  # BatchNorm statistics over the global batch, as in one process (shares model's tensors)
+            train_model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(train_model)
+        train_model = DistributedDataParallel(train_model, device_ids=[ctx.local_rank] if device == "cuda" else None,
+                                              find_unused_parameters=True)  # some outputs (the last block's residual, the unused head of an ablation) take no part in the loss
+    if compile:
+        train_model = torch.compile(train_model)
 
     sampler = WindowSampler(store, train_idx, class_of, norms, mcfg.window)
     use_amp = device == "cuda"
-    n_batches = math.ceil(len(sampler.indices) * tcfg.windows_per_clip / tcfg.batch_size)
     for epoch in range(start_epoch, tcfg.epochs):
-        model.train()
+        train_model.train()
         for group in optimizer.param_groups:  # a pure function of the epoch, so --resume continues it exactly
             group["lr"] = learning_rate(tcfg, epoch)
-        rng = np.random.default_rng([tcfg.seed, epoch])
+        plan = sampler.plan(np.random.default_rng([tcfg.seed, epoch]), tcfg.windows_per_clip, tcfg.mixup_prob)  # same on every rank
+        loss_module.gen.manual_seed(int(np.random.default_rng([tcfg.seed, epoch, ctx.rank]).integers(2**62)))  # --resume-exact
+        batches = EpochBatches(sampler, plan, tcfg.batch_size, ctx.rank, ctx.world)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None, num_workers=loader_workers, pin_memory=device == "cuda")
         t0 = time.time()
-        sums = np.zeros(3)
-        bar = tqdm(total=n_batches, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", disable=None if progress else True, leave=False)
-        n = 0
-        for batch in sampler.epoch(rng, tcfg.windows_per_clip, tcfg.batch_size, tcfg.mixup_prob):
-            x = torch.from_numpy(batch.x).to(device)
-            target = torch.from_numpy(batch.target).to(device)
-            with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
-                total, rec, cls = losses(model, x, target, tcfg.task, mcfg.warmup)
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            optimizer.step()
-            sums += [total.item(), rec.item(), cls.item()]
-            n += 1
-            bar.set_postfix(loss=f"{sums[0] / n:.4f}", recon=f"{sums[1] / n:.4f}", cls=f"{sums[2] / n:.4f}")
-            bar.update()
+        sums = torch.zeros(3, dtype=torch.float64, device=device)
+        bar = tqdm(total=len(batches), desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="batch", disable=None if progress else True, leave=False)
+        with distributed.comm_errors(ctx, f"epoch {epoch + 1}"):
+            for n, (x, target, weight) in enumerate(loader, 1):
+                x = x.to(device, non_blocking=True)
+                target = target.to(device, non_blocking=True)
+                with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_amp):
+                    parts = train_model(x, target)
+                optimizer.zero_grad(set_to_none=True)
+                (parts[0] * weight).backward()  # weight: this rank's share of the global batch (1 in one process)
+                optimizer.step()
+                sums += parts.detach().double() * weight
+                if n % 10 == 0 or n == len(batches):  # reading the loss waits for the GPU: not every step
+                    m = (sums / n).tolist()
+                    bar.set_postfix(loss=f"{m[0]:.4f}", recon=f"{m[1]:.4f}", cls=f"{m[2]:.4f}")
+                bar.update()
         bar.close()
-        mean = sums / max(n, 1)
+        totals = distributed.sum_over_ranks(ctx, sums.tolist() + [len(batches)])
+        mean = np.array(totals[:3]) / max(totals[3], 1)  # mean over global batches of the global batch's mean loss
         history.append({"epoch": epoch + 1, "loss": float(mean[0]), "recon_loss": float(mean[1]), "class_loss": float(mean[2]), "seconds": round(time.time() - t0, 2)})
-        save_checkpoint(ckpt_path, model=model, optimizer=optimizer, cfg=cfg, feature_cfg=feature_cfg, class_map=class_map, norms=norms, epoch=epoch + 1, history=history)
-        _write_log(out, history)
+        if not np.isfinite(mean).all():  # every rank holds the same mean, so all stop here together, keeping the last good checkpoint
+            raise ConfigError(f"training diverged: the loss is {mean[0]} in epoch {epoch + 1}; lower the learning rate or check the data")
+        write_failed = None
+        if ctx.is_main:
+            try:
+                save_checkpoint(ckpt_path, model=model, optimizer=optimizer, cfg=cfg, feature_cfg=feature_cfg, class_map=class_map, norms=norms, epoch=epoch + 1, history=history)
+                _write_log(out, history)
+            except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
+                write_failed = exc
+        if distributed.agree(ctx, write_failed is not None):
+            if write_failed is not None:
+                raise write_failed
+            raise distributed.DistributedError(f"rank {ctx.rank}: rank 0 could not write the checkpoint, so every rank stops")
         if progress:
             log(f"epoch {epoch + 1}/{tcfg.epochs}: loss {mean[0]:.4f} (recon {mean[1]:.4f}, class {mean[2]:.4f}) in {history[-1]['seconds']:.1f}s")
+    if not ctx.is_main:  # rank 0 alone plots and fits the scoring statistics
+        distributed.barrier(ctx, "waiting for rank 0 to finish the run")
+        return TrainResult(out, history, None, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
     plot_losses(out, history)
 
     stats = fit_run_stats(TorchRunner(model, device), store, train_idx, stats_idx, norms, mcfg, tcfg, class_map, progress, log)
     stats.save(out / STATS)
     write_split(out, store, stats_idx, tcfg.stats_holdout, tcfg.seed)
+    distributed.barrier(ctx, "releasing the other ranks")
     return TrainResult(out, history, stats, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
 

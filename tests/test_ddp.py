@@ -1,0 +1,129 @@
+"""Distributed training: 2 gloo ranks on CPU, launched the way users launch them."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from mtad.train.distributed import torchrun_command
+from mtad.train.evaluate import compute_metrics, load_run, score_split
+
+# Per-rank BatchNorm statistics (SyncBatchNorm needs GPUs) make a 2-rank CPU run differ slightly
+# from one process on the same global batches; measured: 0.4 % (epoch 1) and 0.8 % (epoch 2)
+# on the total loss, ~1e-4 on the reconstruction loss, which reads no BatchNorm directly.
+LOSS_RTOL = 0.03
+RECON_RTOL = 0.005
+
+
+def _env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_process_resume_and_evaluate(tiny_synth, tiny_run, tmp_path):
+    """``tiny_run`` is the one-process run (tiny preset, seed 0, constant learning rate, so its
+    first two epochs are those of a 2-epoch run)."""
+    from mtad.edge_runtime.dataset import scan_dataset
+    from mtad.train.checkpoint import load_checkpoint
+
+    single = load_checkpoint(tiny_run)["history"][:2]
+    out = tmp_path / "ddp"
+    common = ["--data", str(tiny_synth), "--out", str(out), "--preset", "tiny", "--seed", "0", "--quiet"]
+    first = subprocess.run(torchrun_command(2, common + ["--epochs", "1"]), env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = subprocess.run(torchrun_command(2, common + ["--epochs", "2", "--resume"]), env=_env(), capture_output=True, text=True, timeout=300)
+    assert second.returncode == 0, second.stderr[-3000:]
+    # rank 0 alone reports and writes: one summary line, and exactly the files of a one-process run
+    assert second.stdout.count("trained tiny/multitask") == 1, second.stdout
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "loss_curve.png", "stats.npz", "stats_split.json", "train_log.csv"]
+    run = load_run(out)
+    hist = run.ckpt["history"]
+    assert [h["epoch"] for h in hist] == [1, 2] and run.ckpt["epoch"] == 2
+    for a, b in zip(hist, single):
+        np.testing.assert_allclose(a["loss"], b["loss"], rtol=LOSS_RTOL)
+        np.testing.assert_allclose(a["recon_loss"], b["recon_loss"], rtol=RECON_RTOL)
+    assert hist[1]["loss"] < hist[0]["loss"]
+    scores, failed = score_split(run, scan_dataset(tiny_synth), progress=False)
+    metrics = compute_metrics(scores, failed)
+    assert metrics["n_scored"] == 128 and 0 <= metrics["mean"]["auc"] <= 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGSTOP], ids=["killed", "hung"])
+def test_a_lost_rank_stops_the_other_with_one_line(tiny_synth, tmp_path, how):
+    timeout = 10
+    port = _free_port()
+    ranks = []
+    for rank in range(2):
+        env = {**_env(), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}
+        cmd = [sys.executable, "-m", "mtad.train.cli", "--data", str(tiny_synth), "--out", str(tmp_path / "run"), "--preset", "tiny",
+               "--epochs", "500", "--timeout", str(timeout)]
+        ranks.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "run" / "train_log.csv").exists():  # training is under way
+            assert time.time() < deadline and ranks[0].poll() is None, "rank 0 did not start training"
+            time.sleep(0.2)
+        ranks[1].send_signal(how)
+        t0 = time.time()
+        _, err = ranks[0].communicate(timeout=timeout + 60)
+        waited = time.time() - t0
+    finally:
+        for p in ranks:
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
+    assert ranks[0].returncode == 1, err[-2000:]
+    assert "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: rank 0/2: ") and "every rank stops" in last, last
+    assert waited < timeout + 15, waited  # never a hang: at worst the process-group timeout
+
+
+def test_nproc_launches_torchrun_with_the_other_flags(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    import mtad.train.distributed as distributed
+    from mtad.train.cli import main
+
+    calls = []
+    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    argv = ["--data", "d", "--nproc", "3", "--out", str(tmp_path / "o"), "--preset", "tiny", "--loader-workers", "2"]
+    monkeypatch.setattr(sys, "argv", ["mtad-train", *argv])
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 0, res.output
+    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", "-m", "mtad.train.cli",
+                      "--data", "d", "--out", str(tmp_path / "o"), "--preset", "tiny", "--loader-workers", "2"]]
+    monkeypatch.setattr(sys, "argv", ["mtad-train", "--nproc", "0", "--data", "d", "--out", "o"])
+    res = CliRunner().invoke(main, ["--nproc", "0", "--data", "d", "--out", "o"])
+    assert res.exit_code == 1 and res.output.startswith("error: --nproc must be >= 1")
+
+
+def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tiny_synth, tmp_path, monkeypatch):
+    import torch
+
+    import mtad.train.trainer as trainer
+    from mtad.edge_runtime.errors import ConfigError
+    from mtad.train.config import load_config
+
+    real = trainer.losses
+
+    def diverging(model, x, target, task, warmup, *args):
+        total, rec, cls = real(model, x, target, task, warmup, *args)
+        return total * torch.tensor(float("nan")), rec, cls
+
+    monkeypatch.setattr(trainer, "losses", diverging)
+    with pytest.raises(ConfigError, match="training diverged: the loss is nan in epoch 1"):
+        trainer.train_run(tiny_synth, tmp_path / "run", load_config("tiny", epochs=1), progress=False)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
