@@ -5,7 +5,8 @@ single-task ablations, an ArcFace-head variant and the simple baseline, as mean 
 
 Per seed it synthesises the default set (6 types x 3 ids, 40 training normals per id) with
 ``--test`` normal and anomalous test clips per id, trains the ``--preset`` model for each variant
-(multitask, the ``recon``/``classify`` ablations, multitask with an ArcFace head), then scores the test clips under each
+(multitask, the ``recon``/``classify`` ablations, multitask with an ArcFace head or with pseudo-anomaly
+classes), then scores the test clips under each
 scoring method from the *same* trained model. Statistics and thresholds come only from training
 normals (held out from training where a model is involved); test clips are never fitted on.
 
@@ -19,51 +20,76 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from mtad.edge_runtime import scoring
+from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.train.baseline import baseline_aucs
 from mtad.train.checkpoint import norms_from_checkpoint
 from mtad.train.config import TrainConfig, load_config
 from mtad.train.evaluate import load_run, score_outputs
 from mtad.train.feature_cache import load_features
+from mtad.train import stats as stats_module
 from mtad.train.stats import fit_scoring_stats
 from mtad.train.synth import SynthConfig
 from mtad.train.synth_writer import write_dataset
 from mtad.train.trainer import compute_outputs, split_holdout, stats_inputs, train_run
 
-# Trained models: variant -> (task, model config overrides)
+# Trained models: variant -> (task, model config overrides[, train config overrides])
 VARIANTS = {
     "multitask": ("multitask", {}),
     "recon": ("recon", {}),
     "classify": ("classify", {}),
     "arcface": ("multitask", {"head": "arcface"}),
+    "pseudo": ("multitask", {}, {"pseudo_anomalies": 0.5}),
 }
-# (variant, label, scoring, components); the first multitask fusion row is the default
+# (variant, label, scoring, components[, spectral statistic]); the first row is the default.
+# "v1" rows use the previous spectral statistic (band mean and std only), for the ablation.
 METHODS = [
     ("multitask", "default: fusion recon+spectral", "fusion", ("recon", "spectral")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
-    ("multitask", "fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
-    ("multitask", "fusion recon+class", "fusion", ("recon", "class")),
     ("multitask", "component recon (per-id)", "fusion", ("recon",)),
-    ("multitask", "component class", "fusion", ("class",)),
     ("multitask", "component spectral", "fusion", ("spectral",)),
-    ("recon", "--task recon, paper scoring", "paper", ()),
+    ("multitask", "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
+    ("multitask", "fusion recon+spectral v1 (previous default)", "fusion", ("recon", "spectral"), "v1"),
+    ("multitask", "component class", "fusion", ("class",)),
+    ("multitask", "component embed", "fusion", ("embed",)),
+    ("multitask", "fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
     ("recon", "--task recon, fusion recon+spectral", "fusion", ("recon", "spectral")),
-    ("classify", "--task classify, paper scoring", "paper", ()),
     ("classify", "--task classify, fusion class+spectral", "fusion", ("class", "spectral")),
-    ("multitask", "component embed (softmax head)", "fusion", ("embed",)),
-    ("multitask", "fusion recon+embed+spectral", "fusion", ("recon", "embed", "spectral")),
     ("arcface", "arcface head: component embed", "fusion", ("embed",)),
-    ("arcface", "arcface head: component class", "fusion", ("class",)),
-    ("arcface", "arcface head: fusion recon+spectral", "fusion", ("recon", "spectral")),
-    ("arcface", "arcface head: fusion recon+embed+spectral", "fusion", ("recon", "embed", "spectral")),
+    ("pseudo", "pseudo-anomaly classes: component class", "fusion", ("class",)),
+    ("pseudo", "pseudo-anomaly classes: component embed", "fusion", ("embed",)),
+    ("pseudo", "pseudo-anomaly classes: fusion recon+spectral", "fusion", ("recon", "spectral")),
+    ("pseudo", "pseudo-anomaly classes: fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
+
+
+def spectral_v1(logmel: np.ndarray) -> np.ndarray:
+    """The spectral statistic before v2: band mean and std of the log-mel, nothing temporal."""
+    x = logmel.astype(np.float64)
+    return np.concatenate([scoring.band_mean(x.mean(axis=1), scoring.SPECTRAL_BAND), scoring.band_mean(x.std(axis=1), scoring.SPECTRAL_BAND)])
+
+
+@contextmanager
+def spectral_statistic(version: str):
+    """Score with the ``v1`` statistic inside the block (the fit and the scorer both call it)."""
+    if version != "v1":
+        yield
+        return
+    saved = scoring.spectral_vector, stats_module.spectral_vector
+    scoring.spectral_vector = stats_module.spectral_vector = spectral_v1
+    try:
+        yield
+    finally:
+        scoring.spectral_vector, stats_module.spectral_vector = saved
 
 
 def synthesise(out: Path, seed: int, n_test: int) -> Path:
@@ -82,26 +108,27 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
     train_store = load_features(index.select("train", label=0), progress=False)
     test_store = load_features(index.select("test"), progress=False)
     for variant in variants:
-        if all(label in results for v, label, _, _ in METHODS if v == variant):
+        if all(m[1] in results for m in METHODS if m[0] == variant):
             continue
-        task, model_overrides = VARIANTS[variant]
+        task, model_overrides, *train_overrides = VARIANTS[variant]
         run_dir = runs / f"seed{seed}-{variant}"
         if not (run_dir / "stats.npz").exists():
-            cfg = load_config(preset, epochs=epochs, task=task, seed=seed)
+            cfg = load_config(preset, epochs=epochs, task=task, seed=seed, **(train_overrides[0] if train_overrides else {}))
             cfg = replace(cfg, model=replace(cfg.model, **model_overrides))
             train_run(data, run_dir, cfg, progress=False, log=lambda m: None)
-        run = load_run(run_dir)
+        run = load_run(run_dir, require_stats=False)  # the statistics are refitted per method below
         tcfg = run.ckpt["config"]["train"]
         norms = norms_from_checkpoint(run.ckpt)
         runner = run.runner()
         train_idx, held_idx = split_holdout(train_store, tcfg["stats_holdout"], tcfg["seed"])
         held, extra = stats_inputs(runner, train_store, train_idx, held_idx, norms, run.model_cfg)
         test = compute_outputs(runner, test_store, list(range(len(test_store))), norms, run.model_cfg)
-        for mvariant, label, scoring, comps in METHODS:
+        for mvariant, label, method, comps, *version in METHODS:
             if mvariant != variant or label in results:
                 continue
-            stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, scoring, comps, extra)
-            scores = score_outputs(stats, test_store.clips, test)
+            with spectral_statistic(version[0] if version else "v2"):
+                stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, method, comps, extra)
+                scores = score_outputs(stats, test_store.clips, test)
             results[label] = per_machine(scores)
     return results
 
@@ -115,7 +142,7 @@ def per_machine(scores) -> dict:
         y = np.array([r.label for r in rows])
         s = np.array([r.score for r in rows])
         far = float(np.mean([r.anomaly for r in rows if r.label == 0]))
-        out[m] = (float(roc_auc_score(y, s)), float(roc_auc_score(y, s, max_fpr=0.1)), far)
+        out[m] = (float(roc_auc_score(y, s)), float(roc_auc_score(y, s, max_fpr=MAX_FPR)), far)
     return out
 
 
@@ -182,6 +209,7 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--out", type=Path, default=Path("results/accuracy"))
+    ap.add_argument("--name", default="accuracy", help="file name of the table and summary under --out (e.g. a confirmation run on other seeds)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
@@ -190,7 +218,7 @@ def main() -> None:
     for seed in seeds:
         cache = args.out / f"seed{seed}.json"
         done = {k: {m: tuple(v) for m, v in d.items()} for k, d in json.loads(cache.read_text()).items()} if cache.exists() else {}
-        wanted = [label for v, label, _, _ in METHODS if v in variants]
+        wanted = [m[1] for m in METHODS if m[0] in variants]
         if all(label in done for label in wanted) and BASELINE in done:
             per_seed[seed] = {k: done[k] for k in [BASELINE] + wanted}
         else:
@@ -201,8 +229,8 @@ def main() -> None:
         print(f"seed {seed}: " + ", ".join(f"{k[:24]} {np.mean([v[0] for v in d.values()]):.3f}" for k, d in per_seed[seed].items()), flush=True)
     summary = summarise(per_seed)
     text = render(summary)
-    (args.out / "accuracy.md").write_text(text + "\n")
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=1, default=float))
+    (args.out / f"{args.name}.md").write_text(text + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=float))
     print(text)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import resource
+import sys
 import threading
 import time
 from pathlib import Path
@@ -18,8 +19,10 @@ import numpy as np
 
 from mtad.edge_runtime.bundle import load_bundle
 from mtad.edge_runtime.mic import run_microphone
-from mtad.edge_runtime.mic_sim import SimulatedPyAudio
 from mtad.edge_runtime.pipeline import EdgeScorer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the simulated device is a test double in tests/
+from tests.mic_sim import SimulatedPyAudio  # noqa: E402
 
 
 def rss_mb() -> float:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from mtad.edge_runtime.atomic import atomic_path, atomic_write
 from mtad.edge_runtime.dataset import Clip, scan_dataset
 from mtad.edge_runtime.errors import MtadError
 from mtad.edge_runtime.features import FeatureConfig, Normalization
@@ -132,12 +132,10 @@ def build_calibration_set(
     manifest = {"key": key, "settings": settings, "sources": sources, "n_windows": int(len(w)), "n_heldout": int(len(h)),
                 "per_machine": {m: labels.count(m) for m in sorted(set(labels))}}
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = cache_dir / f"{key}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, windows=w, machines=np.array(labels), heldout=h)
-    os.replace(tmp, npz)
-    tmp_m = cache_dir / f"{key}.{os.getpid()}.tmp.json"
-    tmp_m.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp_m, man)
+    with atomic_path(npz) as tmp:
+        np.savez(tmp, windows=w, machines=np.array(labels), heldout=h)
+    with atomic_write(man, "w") as f:  # written last: its presence marks the cache entry whole
+        f.write(json.dumps(manifest, indent=1))
     return CalibrationSet(w, labels, h, manifest)
 
 
@@ -145,6 +143,8 @@ def save_calibration_set(cs: CalibrationSet, out_dir: Path) -> tuple[Path, Path]
     """Write the set into a bundle/run folder: ``calibration.npz`` and ``calibration.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     npz, man = out_dir / "calibration.npz", out_dir / "calibration.json"
-    np.savez_compressed(npz, windows=cs.windows, machines=np.array(cs.machines), heldout=cs.heldout)
-    man.write_text(json.dumps(cs.manifest, indent=1))
+    with atomic_path(npz) as tmp:
+        np.savez_compressed(tmp, windows=cs.windows, machines=np.array(cs.machines), heldout=cs.heldout)
+    with atomic_write(man, "w") as f:
+        f.write(json.dumps(cs.manifest, indent=1))
     return npz, man

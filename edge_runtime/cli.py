@@ -62,19 +62,39 @@ def iter_wavs(paths):
 @click.option("--channel", default="0", show_default=True, help="Channel of multichannel input, or 'mean'.")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), help="Append JSON lines here instead of stdout.")
 @click.option("--mic", is_flag=True, help="Score a live microphone instead of files.")
-@click.option("--device", "device_index", type=int, help="--mic: input device index (see --list-devices).")
+@click.option("--input-device", "device_index", type=int, help="--mic: input device index (see --list-devices).")
+@click.option("--device", "device_deprecated", type=int, hidden=True)  # deprecated alias of --input-device, for one release
 @click.option("--list-devices", is_flag=True, help="List audio input devices and exit.")
-@click.option("--window", "window_s", default=10.0, show_default=True, help="--mic: seconds of audio per score.")
-@click.option("--hop", "hop_s", default=1.0, show_default=True, help="--mic: seconds between scores.")
+@click.option("--window", "window_s", default=10.0, show_default=True, help="--mic: seconds of audio per score (the model's shortest input up to 60).")
+@click.option("--hop", "hop_s", default=1.0, show_default=True, help="--mic: seconds between scores (0.01 up to --window).")
 @click.option("--heartbeat", "heartbeat_s", default=60.0, show_default=True, help="--mic: seconds between heartbeat lines.")
 @click.option("--duration", "duration_s", type=float, help="--mic: stop after this many seconds.")
+@click.option("--metrics-port", type=click.IntRange(0, 65535), help="Serve Prometheus metrics on this port (needs mtad[fleet]).")
+@click.option("--metrics-addr", default="0.0.0.0", show_default=True, help="Address the metrics endpoint listens on.")
+@click.option("--mqtt", "mqtt_url", metavar="URL", help="Publish every line at QoS 1 to mqtt[s]://[user[:pass]@]host[:port]/topic-prefix (needs mtad[fleet]).")
+@click.option("--mqtt-username", help="MQTT user name (or in the URL).")
+@click.option("--mqtt-password", envvar="MTAD_MQTT_PASSWORD", help="MQTT password (better: the MTAD_MQTT_PASSWORD variable).")
+@click.option("--mqtt-ca", type=click.Path(dir_okay=False, exists=True), help="CA file to verify the broker (turns on TLS).")
+@click.option("--mqtt-cert", type=click.Path(dir_okay=False, exists=True), help="Client certificate for brokers that require one (TLS).")
+@click.option("--mqtt-key", type=click.Path(dir_okay=False, exists=True), help="Key of --mqtt-cert.")
+@click.option("--mqtt-client-id", help="MQTT client id (default mtad-HOSTNAME[-TYPE-ID]).")
+@click.option("--mqtt-queue", "mqtt_queue", type=int, default=10000, show_default=True,
+              help="Messages held while the broker is unreachable; beyond this, new ones are dropped and counted.")
 @click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
 @report_errors
-def score(bundle_dir, machine, backend, precision, threads, channel, out_path, mic, device_index, list_devices, window_s, hop_s, heartbeat_s, duration_s, paths):
+def score(bundle_dir, machine, backend, precision, threads, channel, out_path, mic, device_index, device_deprecated, list_devices, window_s,
+          hop_s, heartbeat_s, duration_s, metrics_port, metrics_addr, mqtt_url, mqtt_username, mqtt_password, mqtt_ca, mqtt_cert,
+          mqtt_key, mqtt_client_id, mqtt_queue, paths):
     """Score WAV files and folders (PATH...) or the microphone (--mic); one JSON line per clip/window."""
     from .bundle import load_bundle
     from .errors import MtadError
     from .pipeline import EdgeScorer, choose_runner
+
+    if device_deprecated is not None:
+        click.echo("warning: --device is deprecated for the audio input; use --input-device (--device goes in the next release)", err=True)
+        if device_index is not None and device_index != device_deprecated:
+            raise click.UsageError("--device and --input-device disagree; give only --input-device")
+        device_index = device_deprecated
 
     if list_devices:
         from .mic import list_input_devices
@@ -87,16 +107,24 @@ def score(bundle_dir, machine, backend, precision, threads, channel, out_path, m
         return
     if not mic and not paths:
         raise click.UsageError("give WAV files/folders to score, or --mic")
+    if mic and not machine:
+        raise click.UsageError("--mic needs --machine TYPE/ID")
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     bundle = load_bundle(bundle_dir)
+    if mic:
+        from .mic import check_window
+        from .pipeline import min_window_seconds
+
+        check_window(window_s, hop_s, min_window_seconds(bundle), heartbeat_s)  # before the runner is built
     runner = choose_runner(bundle, backend, precision, threads, log)
     scorer = EdgeScorer(bundle, runner)
-    sink = JsonlSink(out_path)
     base = {"backend": runner.backend, "precision": runner.precision}
+    sink = JsonlSink(out_path)
+    if metrics_port is not None or mqtt_url:
+        sink = _fleet_sink(sink, base, machine, log, metrics_port, metrics_addr, mqtt_url, mqtt_username, mqtt_password, mqtt_ca,
+                           mqtt_cert, mqtt_key, mqtt_client_id, mqtt_queue)
     try:
         if mic:
-            if not machine:
-                raise click.UsageError("--mic needs --machine TYPE/ID")
             from .mic import run_microphone
 
             summary = run_microphone(scorer, machine, sink, base, device_index, window_s, hop_s, heartbeat_s, duration_s, log)
@@ -121,6 +149,33 @@ def score(bundle_dir, machine, backend, precision, threads, channel, out_path, m
             sys.exit(EXIT_INPUTS_FAILED)
     finally:
         sink.close()
+
+
+def _fleet_sink(jsonl, base, machine, log, metrics_port, metrics_addr, mqtt_url, username, password, ca, cert, key, client_id, queue):
+    """The JSON-lines sink plus the Prometheus endpoint and/or the MQTT publisher."""
+    import socket
+
+    from .fleet import FanoutSink, MetricsSink, MqttConfig, MqttPublisher, MqttSink
+
+    sinks = [jsonl]
+    try:
+        metrics = None
+        if metrics_port is not None:
+            metrics = MetricsSink(metrics_port, metrics_addr, **base)
+            sinks.append(metrics)
+            log(f"metrics: http://{metrics_addr}:{metrics.port}/metrics")
+        if mqtt_url:
+            default_id = f"mtad-{socket.gethostname()}" + (f"-{machine.replace('/', '-')}" if machine else "")
+            cfg = MqttConfig.from_url(mqtt_url, username=username, password=password, ca_file=ca, cert_file=cert, key_file=key,
+                                      client_id=client_id or default_id, queue_size=queue)
+            publisher = MqttPublisher(cfg, log)
+            sinks.append(MqttSink(publisher))
+            if metrics is not None:
+                metrics.attach_mqtt(publisher)
+    except BaseException:
+        FanoutSink(sinks).close()
+        raise
+    return FanoutSink(sinks)
 
 
 @main.command()
@@ -155,13 +210,16 @@ def bench(bundle_dir, clip, machine, repeats, threads, json_path):
         results = run_bench(bundle_dir, clip, machine, repeats, threads, log=lambda m: click.echo(m, err=True))
     click.echo(format_results(results, machine_description() + f", {threads} thread(s)"))
     if json_path:
-        json_path.write_text(json.dumps({"machine": machine_description(), "threads": threads, "results": results}, indent=1))
+        from .atomic import atomic_write
+
+        with atomic_write(json_path, "w") as f:
+            f.write(json.dumps({"machine": machine_description(), "threads": threads, "results": results}, indent=1))
 
 
 @main.command("build-engine")
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--precision", "precisions", multiple=True, type=click.Choice(["fp16", "int8", "fp32"]), help="Default: every ONNX variant.")
-@click.option("--max-batch", default=32, show_default=True)
+@click.option("--max-batch", default=32, show_default=True, help="Largest batch of windows per engine call (the runner chunks longer clips).")
 @report_errors
 def build_engine_cmd(bundle_dir, precisions, max_batch):
     """Build TensorRT engines for this device's GPU from the bundle's ONNX variants.
@@ -181,12 +239,9 @@ def build_engine_cmd(bundle_dir, precisions, max_batch):
         if v.kind != "onnx" or (precisions and v.precision not in precisions):
             continue
         engine = bundle.root / "engines" / f"{v.precision}.engine"
-        tmp = engine.with_suffix(".engine.tmp")
-        build_engine(bundle.root / v.file, tmp, v.precision, bundle.window, int(bundle.manifest["model_config"]["n_mels"]), max_batch,
-                     log=lambda m: click.echo(m, err=True))
-        tmp.replace(engine)
-        tmp.with_suffix(".key.json").replace(engine.with_suffix(".key.json"))
-        click.echo(f"engine: {engine}")
+        build_engine(bundle.root / v.file, engine, v.precision, bundle.window, int(bundle.manifest["model_config"]["n_mels"]), max_batch,
+                     log=lambda m: click.echo(m, err=True))  # written atomically, with its key file
+        click.echo(f"engine: {engine} (batches of up to {max_batch} windows per call; longer clips run in chunks)")
 
 
 @main.command()

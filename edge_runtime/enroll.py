@@ -15,7 +15,6 @@ Every enrollment writes a new revision of the bundle; the previous ``manifest.ya
 from __future__ import annotations
 
 import datetime as dt
-import math
 import os
 import shutil
 from dataclasses import dataclass, field, replace
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from .atomic import replace_dir, sweep_stale
 from .audio import load_audio
 from .bundle import MANIFEST, STATS, Bundle, load_bundle
 from .errors import AudioError, BundleError, ConfigError
@@ -61,12 +61,15 @@ class EnrollResult:
     warnings: list[str] = field(default_factory=list)
 
 
+MIN_ENROLL_CLIPS = 16  # 160 s of 10 s segments
+
+
 def min_clips(stats: ScoringStats, machine_type: str) -> int:
-    """Fewest enrollment clips accepted: enough to calibrate, and at least a quarter of the
-    largest statistic's dimension, so that the centre's own estimation error (which adds about
-    ``dim / n`` to a squared distance) stays a small part of a normal clip's distance (``dim``)."""
-    dims = [stats.precisions[f"{c}|{machine_type}"].shape[0] for c in stats.components if f"{c}|{machine_type}" in stats.precisions]
-    return max(MIN_CALIBRATION_CLIPS, math.ceil(max(dims, default=0) / 4))
+    """Fewest enrollment clips accepted. A centre estimated from ``n`` clips adds about
+    ``dim / n`` to a normal clip's squared distance (about ``dim``), a relative ``1 / n`` whatever
+    the dimension; ``MIN_ENROLL_CLIPS`` keeps that near 6 %, and calibration needs at least
+    ``MIN_CALIBRATION_CLIPS``."""
+    return max(MIN_CALIBRATION_CLIPS, MIN_ENROLL_CLIPS)
 
 
 def segments(audio: np.ndarray, sample_rate: int, seconds: float, min_samples: int) -> list[np.ndarray]:
@@ -207,19 +210,12 @@ def _merge_reference(tmp: Path, manifest: dict, ref: dict) -> None:
     manifest["files"] = {**manifest["files"], ENROLLED_REFERENCE: sha256_file(path)}
 
 
-def _swap_in(root: Path, tmp: Path) -> None:
-    """Replace directory ``root`` by ``tmp`` with renames (a crash leaves one of the two whole)."""
-    old = root.parent / f".{root.name}.old-{os.getpid()}"
-    os.replace(root, old)
-    os.replace(tmp, root)
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def write_revision(bundle: Bundle, new_stats: ScoringStats, record: dict, reference: dict | None = None) -> int:
     """Write ``new_stats`` as the bundle's next revision, keeping the current one for rollback."""
     root = bundle.root
     manifest = dict(bundle.manifest)
     revision = int(manifest.get("revision", 0)) + 1
+    sweep_stale(root.parent, f".{root.name}.enroll-")  # left by a killed enrollment
     tmp = root.parent / f".{root.name}.enroll-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -241,7 +237,7 @@ def write_revision(bundle: Bundle, new_stats: ScoringStats, record: dict, refere
             _merge_reference(tmp, manifest, reference)
         (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
         load_bundle(tmp)  # what we wrote must pass our own loader
-        _swap_in(root, tmp)
+        replace_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -258,6 +254,7 @@ def rollback(bundle_dir: str | Path) -> int:
     keep = root / REVISIONS / f"{revision - 1:04d}"
     if not (keep / MANIFEST).is_file() or not (keep / STATS).is_file():
         raise BundleError(f"{root}: revision {revision - 1} is missing from {REVISIONS}/; cannot roll back")
+    sweep_stale(root.parent, f".{root.name}.rollback-")
     tmp = root.parent / f".{root.name}.rollback-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
@@ -270,7 +267,7 @@ def rollback(bundle_dir: str | Path) -> int:
             (tmp / ENROLLED_REFERENCE).unlink()
         shutil.rmtree(tmp / REVISIONS / f"{revision - 1:04d}")
         load_bundle(tmp)
-        _swap_in(root, tmp)
+        replace_dir(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -112,6 +112,12 @@ class LogMelExtractor:
             padded = np.pad(audio, pad)
         else:
             padded = np.pad(audio, pad, mode=cfg.pad_mode)
+        return self.mel_power_padded(padded)
+
+    def mel_power_padded(self, padded: np.ndarray) -> np.ndarray:
+        """Mel power of every frame that starts at a multiple of the hop in already padded audio
+        (streaming scorers feed consecutive pieces of one padded signal)."""
+        cfg = self.cfg
         frames = np.lib.stride_tricks.sliding_window_view(padded, cfg.n_fft)[:: cfg.hop_length]  # (T, n_fft), a view
         # scipy's pocketfft is ~4x faster than numpy's on this batch of rows; single worker on purpose
         # (edge devices share their cores with audio capture).
@@ -124,7 +130,10 @@ class LogMelExtractor:
         return self.filterbank @ power.T
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
-        mel = self.mel_power(audio)
+        return self.to_db(self.mel_power(audio))
+
+    def to_db(self, mel: np.ndarray) -> np.ndarray:
+        """Mel power -> log-mel in dB, in place."""
         np.maximum(mel, self.cfg.log_floor, out=mel)
         np.log10(mel, out=mel)
         mel *= 10.0

@@ -4,10 +4,17 @@ Every sample is accounted for: ``captured == consumed + dropped + buffered`` at 
 Samples are dropped only when the scorer falls so far behind that the ring is full (the
 oldest audio goes, so decisions stay current), and device-level input overflows are
 counted from PyAudio's status flags. Both are reported in every output line.
+
+The scorer cannot die silently: a bad window (an :class:`MtadError` such as a silent or NaN
+window) is reported as a line and the stream goes on, but any other failure of the scoring
+thread ends :func:`run_microphone` with :class:`ScorerDied` within a fraction of a second, so
+the process exits non-zero and systemd restarts it. Under systemd the watchdog is pinged only
+while windows keep being scored, so a hung scorer is restarted too.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -16,14 +23,37 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import MtadError
 
 PA_CONTINUE = 0  # pyaudio.paContinue
 PA_INPUT_OVERFLOW = 2  # pyaudio.paInputOverflow
+# Window bounds. The longest window is fixed rather than tied to the model: the model scores a
+# window of any length in one batch, so the bound is about memory and latency (the ring holds
+# max(2 windows, 30 s) of audio; a 60 s window is 16 batches of model windows per hop).
+MAX_WINDOW_S = 60.0
+MIN_HOP_S = 0.01
+DRAIN_S = 30.0  # at the end of a finite stream, how long the scorer may take to read what is buffered
 
 
 class MicError(MtadError):
     """The microphone cannot be used (no pyaudio, no such device, stream failure)."""
+
+
+class ScorerDied(MtadError):
+    """The scoring thread failed (not a bad window: the scorer itself); the process must restart."""
+
+
+def check_window(window_s: float, hop_s: float, min_window_s: float, heartbeat_s: float = 60.0) -> None:
+    """Refuse window/hop/heartbeat settings the stream cannot honour, naming the flag."""
+    if not math.isfinite(window_s) or not min_window_s <= window_s <= MAX_WINDOW_S:
+        raise MicError(f"--window must be between {min_window_s:.2f} s (this model's shortest input) and {MAX_WINDOW_S:g} s, got {window_s:g}")
+    if not math.isfinite(hop_s) or hop_s < MIN_HOP_S:
+        raise MicError(f"--hop must be at least {MIN_HOP_S:g} s, got {hop_s:g}")
+    if hop_s > window_s:
+        raise MicError(f"--hop ({hop_s:g} s) must not exceed --window ({window_s:g} s): audio between windows would never be scored")
+    if not math.isfinite(heartbeat_s) or heartbeat_s <= 0:
+        raise MicError(f"--heartbeat must be > 0 s, got {heartbeat_s:g}")
 
 
 def import_pyaudio():
@@ -119,18 +149,21 @@ class MicSession:
                  heartbeat_s: float, duration_s: float | None, ring_seconds: float | None = None):
         self.scorer, self.machine, self.sink, self.base = scorer, machine, sink, base
         sr = scorer.sample_rate
+        check_window(window_s, hop_s, scorer.min_samples / sr, heartbeat_s)
         self.window = int(round(window_s * sr))
         self.hop = int(round(hop_s * sr))
-        if self.hop < 1 or self.window < scorer.min_samples:
-            raise MicError(f"--window must be at least {scorer.min_samples / sr:.2f} s for this model and --hop > 0")
         self.resample = StreamResampler(in_rate, sr)
         self.ring = AudioRing(int((ring_seconds or max(2 * window_s, 30.0)) * sr))
         self.heartbeat_s = heartbeat_s
         self.limit = None if duration_s is None else int(round(duration_s * sr))
         self.stats = MicStats()
         self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._consume, name="mtad-scorer", daemon=True)
+        self.thread = threading.Thread(target=self._run_scorer, name="mtad-scorer", daemon=True)
         self.dropped_reported = 0
+        self.failure: BaseException | None = None  # what ended the scoring thread, if not a clean stop
+        # monotonic time of the last window handled (scored or reported bad); starts one window
+        # ahead, the time the first window takes to fill at real time
+        self.last_progress = time.monotonic() + window_s
 
     # -- producer (PyAudio's callback thread) ------------------------------------------------
     def callback(self, in_data, frame_count, time_info, status_flags):
@@ -141,6 +174,27 @@ class MicSession:
         return (None, PA_CONTINUE)
 
     # -- consumer ------------------------------------------------------------------------------
+    def _run_scorer(self) -> None:
+        try:
+            self._consume()
+        except BaseException as exc:  # noqa: BLE001 (anything, even an injected SystemExit: reported by the main thread)
+            self.failure = exc
+        finally:
+            self.stop.set()
+
+    def check_scorer(self) -> None:
+        """Raise :class:`ScorerDied` when the scoring thread has failed or ended on its own."""
+        if self.failure is not None:
+            exc = self.failure
+            raise ScorerDied(f"the scoring thread died after {self.stats.windows} window(s): {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+        if self.thread.ident is not None and not self.thread.is_alive() and not self.stop.is_set():
+            raise ScorerDied(f"the scoring thread ended unexpectedly after {self.stats.windows} window(s)")
+
+    def progressing(self, within_s: float, now: float | None = None) -> bool:
+        """True when a window was handled within the last ``within_s`` seconds (or the first is still filling)."""
+        now = time.monotonic() if now is None else now
+        return self.failure is None and self.thread.is_alive() and now - self.last_progress < within_s
+
     def _consume(self) -> None:
         """Fill the first window, then score every ``hop`` new samples (audio time, not wall time)."""
         window = np.zeros(self.window, np.float32)
@@ -174,19 +228,16 @@ class MicSession:
         except MtadError as exc:  # e.g. a window of NaN or silence-only garbage: report, keep streaming
             self.stats.bad_windows += 1
             self.sink.write({**record, "error": str(exc)})
+            self.last_progress = time.monotonic()
             return
+        # anything else (a runner or statistics failure) propagates: the thread dies, loudly
         self.stats.windows += 1
         self.stats.anomalies += r.anomaly
         self.sink.write({**record, **r.to_json()})
-
-    def drain(self, timeout: float = 30.0) -> None:
-        """Wait until the scorer has read everything buffered (end of a finite stream)."""
-        deadline = time.monotonic() + timeout
-        while self.ring.buffered and not self.stop.is_set() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        self.last_progress = time.monotonic()
 
     def heartbeat(self) -> None:
-        self.sink.write({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "type": "heartbeat", "pid": os.getpid(),
+        self.sink.write({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "type": "heartbeat", "machine": self.machine, "pid": os.getpid(),
                          "uptime_s": round(time.monotonic() - self.stats.started, 1), "windows_scored": self.stats.windows,
                          "dropped_total": self.ring.dropped, "input_overflows": self.stats.input_overflows, **self.base})
 
@@ -226,7 +277,7 @@ def _device_info(pa, device_index: int | None) -> dict:
         try:
             return pa.get_default_input_device_info()
         except (OSError, IOError):
-            raise MicError("no default audio input device; pass --device N (see --list-devices)") from None
+            raise MicError("no default audio input device; pass --input-device N (see --list-devices)") from None
     if not 0 <= device_index < count:
         raise MicError(f"no audio device {device_index}: this system has {count} device(s) (see --list-devices)")
     info = pa.get_device_info_by_index(device_index)
@@ -265,9 +316,21 @@ class _quiet_alsa:
 
 
 def run_microphone(scorer, machine, sink, base, device_index=None, window_s=10.0, hop_s=1.0, heartbeat_s=60.0,
-                   duration_s=None, log=print, pyaudio_module=None, frames_per_buffer=1024) -> str:
-    """Stream from an input device until Ctrl-C (or ``duration_s`` of audio); returns a summary."""
+                   duration_s=None, log=print, pyaudio_module=None, frames_per_buffer=1024, notifier=None) -> str:
+    """Stream from an input device until Ctrl-C (or ``duration_s`` of audio); returns a summary.
+
+    Raises :class:`ScorerDied` within a poll interval (0.25 s) of the scoring thread failing.
+    ``notifier`` (default: from the environment) gets READY=1 once the stream runs, and
+    WATCHDOG=1 only while windows keep being handled within the watchdog interval.
+    """
+    from .systemd import SystemdNotifier
+
     scorer.check_machine(machine)
+    check_window(window_s, hop_s, scorer.min_samples / scorer.sample_rate, heartbeat_s)
+    notifier = notifier if notifier is not None else SystemdNotifier()
+    if notifier.watchdog_s is not None and notifier.watchdog_s < window_s + 2 * hop_s:
+        log(f"mic: warning: the watchdog interval ({notifier.watchdog_s:g} s) is shorter than the first window plus two hops "
+            f"({window_s + 2 * hop_s:g} s): systemd may restart a healthy scorer (raise WatchdogSec)")
     pyaudio = pyaudio_module or import_pyaudio()
     with _quiet_alsa():
         pa = pyaudio.PyAudio()
@@ -282,16 +345,26 @@ def run_microphone(scorer, machine, sink, base, device_index=None, window_s=10.0
         log(f"mic: {info.get('name')} at {rate:.0f} Hz -> {scorer.sample_rate} Hz, window {window_s:g} s, hop {hop_s:g} s")
         session.thread.start()
         stream.start_stream()
+        notifier.ready(f"scoring {machine}")
+        poll = 0.25 if notifier.watchdog_s is None else min(0.25, notifier.watchdog_s / 4)
+        ended_at = None
         try:
-            while not session.stop.wait(0.25):
-                if not stream.is_active():  # the device ended (or a finite simulated source ran out)
+            while not session.stop.wait(poll):
+                session.check_scorer()
+                if notifier.watchdog_due() and session.progressing(notifier.watchdog_s):
+                    notifier.watchdog(f"{session.stats.windows} windows scored, {session.stats.anomalies} anomalous")
+                if ended_at is None and not stream.is_active():  # the device ended (or a finite simulated source ran out)
                     session.ring.write(session.resample(np.zeros(0, np.float32), last=True))
-                    session.drain()
+                    ended_at = time.monotonic()
+                # then let the scorer read what is buffered (still watched) before stopping it
+                if ended_at is not None and (not session.ring.buffered or time.monotonic() - ended_at > DRAIN_S):
                     break
         except KeyboardInterrupt:
             log("mic: stopping (Ctrl-C)")
         session.stop.set()
         session.thread.join(timeout=5)
+        session.check_scorer()
+        notifier.stopping(session.summary())
         return session.summary()
     finally:
         if stream is not None:
@@ -344,9 +417,8 @@ def record_microphone(out_dir: Path, seconds: float, device_index=None, pyaudio_
             nonlocal buf, in_part
             if in_part:
                 path = out_dir / f"part-{len(parts) + 1:04d}.wav"
-                tmp = path.with_name(path.stem + ".tmp.wav")
-                sf.write(tmp, np.concatenate(buf), sample_rate, subtype="PCM_16")
-                os.replace(tmp, path)
+                with atomic_path(path) as tmp:
+                    sf.write(tmp, np.concatenate(buf), sample_rate, subtype="PCM_16")
                 parts.append(path)
             buf, in_part = [], 0
 

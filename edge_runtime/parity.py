@@ -12,21 +12,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import MAX_FPR
+
 _trapezoid = getattr(np, "trapezoid", None) or np.trapz  # numpy 1.x on JetPack has only trapz
 
-DEFAULT_BUDGETS = {"fp32": 0.001, "fp16": 0.005, "int8": 0.01}  # max |dAUC| per machine
-MAX_FPR = 0.1
-
-
-def parse_budgets(text: str | None) -> dict[str, float]:
-    budgets = dict(DEFAULT_BUDGETS)
-    if text:
-        for part in text.split(","):
-            key, _, value = part.partition("=")
-            if key.strip() not in DEFAULT_BUDGETS or not value:
-                raise ValueError(f"budget entries look like fp32=0.001,fp16=0.005,int8=0.01; got {part!r}")
-            budgets[key.strip()] = float(value)
-    return budgets
 
 
 def roc_auc(y: np.ndarray, s: np.ndarray, max_fpr: float | None = None) -> float:
@@ -65,8 +54,57 @@ class Scored:
     threshold: float
 
 
-def compare(reference: list[Scored], variant: list[Scored], budget: float) -> dict:
-    """Per-machine parity figures of ``variant`` against ``reference`` (matched by clip key)."""
+# Score-level budgets per precision: Spearman rho of variant vs reference scores (at least) and
+# the worst relative score error |variant - reference| / |reference| (at most), per machine.
+DEFAULT_SCORE_BUDGETS = {
+    "fp32": {"min_spearman": 0.999, "max_rel_error": 0.01},
+    "fp16": {"min_spearman": 0.99, "max_rel_error": 0.05},
+    "int8": {"min_spearman": 0.95, "max_rel_error": 0.25},
+}
+N_BOOTSTRAP = 1000
+CI_LEVEL = 0.95
+
+
+def auc_by_ranks(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """ROC AUC of each row of ``scores`` (..., n) for labels ``y`` (n,), by the Mann-Whitney rank
+    sum (ties count half, as :func:`roc_auc`)."""
+    from scipy.stats import rankdata
+
+    y = np.asarray(y).astype(bool)
+    n1, n0 = int(y.sum()), int((~y).sum())
+    ranks = rankdata(scores, axis=-1)
+    return (ranks[..., y].sum(axis=-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def dauc_interval(y: np.ndarray, ref: np.ndarray, var: np.ndarray, n_boot: int = N_BOOTSTRAP, level: float = CI_LEVEL,
+                  seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of AUC(var) - AUC(ref): clips resampled with replacement
+    within each class (paired: the same clips for both), seeded."""
+    rng = np.random.default_rng(seed)
+    y = np.asarray(y).astype(bool)
+    pos, neg = np.flatnonzero(y), np.flatnonzero(~y)
+    idx = np.concatenate([rng.choice(pos, (n_boot, pos.size)), rng.choice(neg, (n_boot, neg.size))], axis=1)
+    yb = np.r_[np.ones(pos.size, bool), np.zeros(neg.size, bool)]
+    d = auc_by_ranks(yb, np.asarray(var, np.float64)[idx]) - auc_by_ranks(yb, np.asarray(ref, np.float64)[idx])
+    lo, hi = np.quantile(d, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def size_adjusted_budget(budget: float, n_pos: int, n_neg: int) -> float:
+    """A dAUC budget no tighter than one swapped (anomaly, normal) pair, 1 / (n_pos * n_neg):
+    on a small set a finer budget only says "no pair flipped"."""
+    return max(budget, 1.0 / (n_pos * n_neg))
+
+
+def compare(reference: list[Scored], variant: list[Scored], budget: float, score_budget: dict | None = None,
+            size_adjusted: bool = False, n_boot: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """Per-machine parity figures of ``variant`` against ``reference`` (matched by clip key).
+
+    Per machine: AUC/pAUC and their drift, a seeded paired-bootstrap interval of dAUC, Spearman
+    rho, the worst relative score error, and decision agreement at the thresholds. A machine is
+    ``over_budget`` when |dAUC| exceeds ``budget`` (with ``size_adjusted``, never tighter than one
+    swapped pair), and ``score_over_budget`` when rho or the relative error miss ``score_budget``.
+    """
     from scipy.stats import spearmanr
 
     ref = {r.key: r for r in reference}
@@ -77,37 +115,62 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float) -> di
     machines = {}
     for machine, items in sorted(pairs.items()):
         y = np.array([r.label for r, _ in items])
-        rs = np.array([r.score for r, _ in items])
-        vs = np.array([v.score for _, v in items])
+        rs = np.array([r.score for r, _ in items], np.float64)
+        vs = np.array([v.score for _, v in items], np.float64)
+        agree = np.array([(r.score > r.threshold) == (v.score > v.threshold) for r, v in items])
+        rel = np.abs(vs - rs) / np.maximum(np.abs(rs), 1e-12)
+        rho = float(spearmanr(rs, vs).statistic) if len(items) > 2 and np.ptp(rs) > 0 and np.ptp(vs) > 0 else None
         entry = {
             "n": len(items),
-            "spearman": float(spearmanr(rs, vs).statistic) if len(items) > 2 and np.ptp(rs) > 0 and np.ptp(vs) > 0 else None,
+            "n_anomalous": int(y.sum()),
+            "spearman": rho,
+            "max_rel_error": float(rel.max()),
             "max_abs_diff": float(np.abs(rs - vs).max()),
             "mean_abs_diff": float(np.abs(rs - vs).mean()),
-            "decision_agreement": float(np.mean([(r.score > r.threshold) == (v.score > v.threshold) for r, v in items])),
+            "decision_agreement": float(agree.mean()),
+            "decision_flips": int((~agree).sum()),
         }
         if len(set(y.tolist())) == 2:
             a_ref, a_var = roc_auc(y, rs), roc_auc(y, vs)
             p_ref, p_var = roc_auc(y, rs, MAX_FPR), roc_auc(y, vs, MAX_FPR)
-            entry.update(auc_ref=a_ref, auc=a_var, dauc=a_var - a_ref, pauc_ref=p_ref, pauc=p_var, dpauc=p_var - p_ref,
-                         over_budget=bool(abs(a_var - a_ref) > budget))
+            lo, hi = dauc_interval(y, rs, vs, n_boot, seed=seed)
+            eff = size_adjusted_budget(budget, int(y.sum()), int((1 - y).sum())) if size_adjusted else budget
+            entry.update(auc_ref=a_ref, auc=a_var, dauc=a_var - a_ref, dauc_ci=[lo, hi], pauc_ref=p_ref, pauc=p_var,
+                         dpauc=p_var - p_ref, budget=eff, over_budget=bool(abs(a_var - a_ref) > eff))
         else:
-            entry.update(auc_ref=None, auc=None, dauc=None, pauc_ref=None, pauc=None, dpauc=None, over_budget=False)
+            entry.update(auc_ref=None, auc=None, dauc=None, dauc_ci=None, pauc_ref=None, pauc=None, dpauc=None, budget=budget,
+                         over_budget=False)
+        if score_budget:
+            entry["score_over_budget"] = bool(entry["max_rel_error"] > score_budget["max_rel_error"]
+                                              or (rho is not None and rho < score_budget["min_spearman"]))
+        else:
+            entry["score_over_budget"] = False
         machines[machine] = entry
     over = [m for m, e in machines.items() if e["over_budget"]]
-    return {"budget": budget, "machines": machines, "over_budget": over,
+    return {"budget": budget, "score_budget": score_budget, "size_adjusted": size_adjusted,
+            "ci": {"level": CI_LEVEL, "n_bootstrap": n_boot, "seed": seed, "method": "paired percentile bootstrap, stratified by label"},
+            "machines": machines, "over_budget": over,
+            "score_over_budget": [m for m, e in machines.items() if e["score_over_budget"]],
             "max_abs_dauc": max((abs(e["dauc"]) for e in machines.values() if e["dauc"] is not None), default=None),
+            "min_spearman": min((e["spearman"] for e in machines.values() if e["spearman"] is not None), default=None),
+            "max_rel_error": max((e["max_rel_error"] for e in machines.values()), default=None),
+            "decision_agreement": (float(np.mean([e["decision_agreement"] for e in machines.values()])) if machines else None),
             "n_missing": len(reference) - sum(len(v) for v in pairs.values())}
 
 
 def format_report(results: dict[str, dict]) -> str:
-    lines = [f"{'variant':<22} {'machine':<20} {'AUC ref':>7} {'AUC':>7} {'dAUC':>8} {'dpAUC':>8} {'rho':>6} {'agree':>6}"]
+    """One row per variant and machine: AUC drift with its interval, score-level figures, decisions."""
+    lines = [f"{'variant':<22} {'machine':<20} {'n':>5} {'AUC ref':>7} {'AUC':>7} {'dAUC':>8} {'95% CI':>17} {'budget':>7} "
+             f"{'dpAUC':>8} {'rho':>6} {'max rel':>8} {'agree':>6}"]
+    f = lambda v, w=7, p=3: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
     for variant, res in results.items():
         for machine, e in res["machines"].items():
-            f = lambda v, w=7, p=3: f"{v:>{w}.{p}f}" if v is not None else f"{'-':>{w}}"  # noqa: E731
-            flag = "  OVER BUDGET" if e["over_budget"] else ""
-            lines.append(f"{variant:<22} {machine:<20} {f(e['auc_ref'])} {f(e['auc'])} {f(e['dauc'], 8, 4)} {f(e['dpauc'], 8, 4)} "
-                         f"{f(e['spearman'], 6)} {e['decision_agreement']:>6.1%}{flag}")
+            flags = ("  OVER BUDGET" if e["over_budget"] else "") + ("  SCORE DRIFT" if e.get("score_over_budget") else "")
+            ci = f"[{e['dauc_ci'][0]:+.3f}, {e['dauc_ci'][1]:+.3f}]" if e.get("dauc_ci") else "-"
+            n = f"{e['n'] - e.get('n_anomalous', 0)}+{e.get('n_anomalous', 0)}"
+            lines.append(f"{variant:<22} {machine:<20} {n:>5} {f(e['auc_ref'])} {f(e['auc'])} {f(e['dauc'], 8, 4)} {ci:>17} "
+                         f"{f(e.get('budget'), 7, 4)} {f(e['dpauc'], 8, 4)} {f(e['spearman'], 6)} {f(e.get('max_rel_error'), 8, 4)} "
+                         f"{e['decision_agreement']:>6.1%}{flags}")
     return "\n".join(lines)
 
 

@@ -12,9 +12,19 @@ from .audio import load_audio, validate
 from .bundle import Bundle
 from .dataset import parse_machine_from_path
 from .errors import AudioError, BundleError
-from .features import LogMelExtractor
+from .features import FeatureConfig, LogMelExtractor
 from .scoring import ClipEvidence
 from .windows import clip_outputs
+
+
+# Files longer than this are read and scored block by block (same result, flat memory).
+BLOCK_SECONDS = 30.0
+
+
+def min_window_seconds(bundle: Bundle) -> float:
+    """Shortest audio the bundle's model can score: one model window of frames."""
+    cfg = FeatureConfig()
+    return (bundle.window - 1) * cfg.hop_length / cfg.sample_rate
 
 
 @dataclass
@@ -49,7 +59,7 @@ class EdgeScorer:
         self.runner = runner
         self.extract = LogMelExtractor()
         self.sample_rate = self.extract.cfg.sample_rate
-        self.min_samples = (bundle.window - 1) * self.extract.cfg.hop_length
+        self.min_samples = (bundle.window - 1) * self.extract.cfg.hop_length  # = min_window_seconds(bundle) in samples
 
     def check_machine(self, machine: str) -> str:
         return self.bundle.stats.check_machine(machine)
@@ -79,14 +89,43 @@ class EdgeScorer:
         return ScoreResult(machine, parts.score, threshold, bool(parts.score > threshold), parts.components,
                            (t1 - t0) * 1000, inference * 1000, ((t2 - t1 - inference) + (t3 - t2)) * 1000)
 
-    def score_file(self, path: Path, machine: str | None = None, channel: int | str = 0) -> ScoreResult:
+    def score_file(self, path: Path, machine: str | None = None, channel: int | str = 0,
+                   block_seconds: float = BLOCK_SECONDS) -> ScoreResult:
+        """Score a sound file as one clip; files longer than ``block_seconds`` are read in blocks
+        of that length so memory stays flat (same score as reading it whole)."""
         if machine is None:
             parsed = parse_machine_from_path(Path(path))
             if parsed is None:
                 raise AudioError(f"{path}: cannot tell the machine from the file name; pass --machine TYPE/ID")
             machine = "/".join(parsed)
+        if self._is_long(path, block_seconds):
+            return self.score_file_blocks(path, machine, channel, block_seconds)
         audio = load_audio(path, self.sample_rate, channel, min_seconds=self.min_samples / self.sample_rate)
         return self.score_audio(audio, machine, str(path))
+
+    def _is_long(self, path, block_seconds: float) -> bool:
+        import soundfile as sf
+
+        try:
+            info = sf.info(str(path))
+        except Exception:  # unreadable or missing: load_audio says why
+            return False
+        return self.extract.cfg.pad_mode == "constant" and info.frames > block_seconds * info.samplerate
+
+    def score_file_blocks(self, path: Path, machine: str, channel: int | str = 0, block_seconds: float = BLOCK_SECONDS) -> ScoreResult:
+        """:meth:`score_file` reading ``block_seconds`` at a time, whatever the file's length."""
+        from .blockscore import score_blocks
+
+        self.check_machine(machine)
+        t0 = time.perf_counter()
+        evidence, times = score_blocks(self, path, machine, channel, block_seconds)
+        t1 = time.perf_counter()
+        parts = self.bundle.stats.score_parts(machine, evidence)
+        threshold = self.bundle.stats.threshold(machine)
+        t2 = time.perf_counter()
+        other = (t1 - t0) - times["frontend"] - times["inference"]  # reading, resampling, window bookkeeping
+        return ScoreResult(machine, parts.score, threshold, bool(parts.score > threshold), parts.components,
+                           (times["frontend"] + other) * 1000, times["inference"] * 1000, (t2 - t1) * 1000)
 
 
 def choose_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0, log=None):

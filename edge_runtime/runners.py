@@ -8,11 +8,10 @@ from __future__ import annotations
 import functools
 from enum import Enum
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
 
-from .errors import BundleError
+from .errors import BundleError, MtadError
 
 
 class Precision(str, Enum):
@@ -21,44 +20,91 @@ class Precision(str, Enum):
     INT8 = "int8"
 
 
-class Runner(Protocol):
-    backend: str
-    precision: str
+class OnnxRuntimeMissing(MtadError):
+    """Neither onnxruntime nor onnxruntime-gpu is importable."""
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, ...]: ...
+
+def import_onnxruntime():
+    """``onnxruntime``, or one line naming what to install (the package is an extra, so that a
+    Jetson's own onnxruntime-gpu from JetPack is never replaced)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise OnnxRuntimeMissing(
+            "ONNX Runtime is not installed: `pip install 'mtad[cpu]'` (CPU), `pip install 'mtad[gpu]'` (CUDA on x86), "
+            "or on a Jetson NVIDIA's onnxruntime-gpu wheel for your JetPack before `pip install mtad`"
+        ) from None
+    return onnxruntime
+
+
+# CPU features that give ONNX Runtime's fused Q/DQ kernels exact int8 dot products:
+# x86 VNNI/AMX (/proc/cpuinfo "flags"), aarch64 SDOT/UDOT and I8MM ("Features").
+INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
+
+
+def int8_dot_features(cpuinfo: str | None = None) -> list[str]:
+    """The int8 dot-product features of this CPU (``cpuinfo``: text of /proc/cpuinfo, for tests).
+
+    Without /proc/cpuinfo, Apple silicon (which always has dot products) counts as ``asimddp``.
+    """
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            import platform
+            import sys
+
+            return ["asimddp"] if sys.platform == "darwin" and platform.machine() == "arm64" else []
+    words = set()
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip().lower() in ("flags", "features"):
+            words.update(value.split())
+    return [f for f in INT8_DOT_FLAGS if f in words]
 
 
 @functools.lru_cache(maxsize=1)
-def cpu_has_vnni() -> bool:
-    """Whether this x86 CPU has VNNI int8 dot products (AVX512-VNNI or AVX-VNNI)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+def cpu_int8_features() -> tuple[str, ...]:
+    return tuple(int8_dot_features())
+
+
+def has_qdq(model_path: Path) -> bool:
+    """Whether an ONNX file holds QuantizeLinear/DequantizeLinear nodes, without the onnx package:
+    op types are stored as plain strings in the protobuf (a float model could name a node so,
+    which ours do not), so a byte search is exact enough and takes milliseconds."""
+    data = Path(model_path).read_bytes()
+    return b"DequantizeLinear" in data or b"QuantizeLinear" in data
+
+
+def choose_optimization_level(qdq: bool, reduce_range: bool = False, int8_features=()) -> tuple[str, str]:
+    """ONNX Runtime CPU graph optimisation level, and why: ``("ALL" | "BASIC", reason)``.
+
+    At EXTENDED/ALL, ORT fuses Q/DQ pairs into u8s8 integer kernels. On x86 without VNNI those
+    use VPMADDUBSW, which adds pairs of u8*s8 products in saturating int16: with full 8-bit
+    weights the sums overflow and the logits come out wrong (measured: argmax agreement 56%).
+    Weights quantised with ``reduce_range`` (7 bit) cannot overflow; with dot-product
+    instructions (VNNI, aarch64 SDOT/I8MM) the integer kernels are exact and fast. Otherwise we
+    stay at BASIC, which keeps Q/DQ as float-simulated quantisation: the expected INT8 error,
+    at float speed. A model without Q/DQ always gets ALL.
+    """
+    if not qdq:
+        return "ALL", "no Q/DQ nodes"
+    if int8_features:
+        return "ALL", f"Q/DQ, CPU has {'/'.join(int8_features)}"
+    if reduce_range:
+        return "ALL", "Q/DQ with 7-bit weights"
+    return "BASIC", "Q/DQ, CPU has no int8 dot product: float-simulated"
 
 
 def int8_cpu_optimization_level(reduce_range: bool):
-    """Graph optimisation level for an INT8 Q/DQ model on ONNX Runtime's CPU provider.
-
-    At EXTENDED/ALL, ORT fuses Q/DQ pairs into u8s8 integer kernels. On x86 without VNNI
-    those use VPMADDUBSW, which adds pairs of u8*s8 products in saturating int16: with
-    full 8-bit weights the sums overflow and the logits come out wrong (measured: argmax
-    agreement 56%). Weights quantised with ``reduce_range`` (7 bit) cannot overflow; for
-    full-range weights (what TensorRT wants) we stay at BASIC, which keeps Q/DQ as
-    float-simulated quantisation and gives the expected INT8 error.
-    """
-    import onnxruntime as ort
-
-    if reduce_range or cpu_has_vnni():
-        return ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    """ORT level for an INT8 Q/DQ model on this CPU (see :func:`choose_optimization_level`)."""
+    ort = import_onnxruntime()
+    level, _ = choose_optimization_level(True, reduce_range, cpu_int8_features())
+    return getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
 
 
 def available_ort_providers() -> list[str]:
-    import onnxruntime as ort
-
-    return ort.get_available_providers()
+    return import_onnxruntime().get_available_providers()
 
 
 class OnnxRuntimeRunner:
@@ -66,8 +112,10 @@ class OnnxRuntimeRunner:
 
     backend = "onnxruntime"
 
-    def __init__(self, model_path: Path, precision: str = "fp32", provider: str = "auto", threads: int = 0, reduce_range: bool = False):
-        import onnxruntime as ort
+    def __init__(self, model_path: Path, precision: str = "fp32", provider: str = "auto", threads: int = 0, reduce_range: bool = False,
+                 qdq: bool | None = None):
+        """``qdq``: whether the model holds Q/DQ nodes (the bundle manifest says; None: look in the file)."""
+        ort = import_onnxruntime()
 
         self.precision = Precision(precision).value
         available = ort.get_available_providers()
@@ -83,8 +131,12 @@ class OnnxRuntimeRunner:
         if threads:
             so.intra_op_num_threads = threads
             so.inter_op_num_threads = 1
-        if self.precision == "int8" and providers[0] == "CPUExecutionProvider":
-            so.graph_optimization_level = int8_cpu_optimization_level(reduce_range)
+        if providers[0] == "CPUExecutionProvider":
+            qdq = has_qdq(model_path) if qdq is None else qdq
+            level, self.optimization_reason = choose_optimization_level(qdq, reduce_range, cpu_int8_features())
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{level}")
+        else:
+            self.optimization_reason = "GPU provider"
         self.optimization_level = str(so.graph_optimization_level).rsplit(".", 1)[-1]
         try:
             self.session = ort.InferenceSession(str(model_path), so, providers=providers)
@@ -100,4 +152,5 @@ class OnnxRuntimeRunner:
     __call__ = infer
 
     def describe(self) -> str:
-        return f"onnxruntime/{self.provider.replace('ExecutionProvider', '')}/{self.precision} (opt {self.optimization_level})"
+        return (f"onnxruntime/{self.provider.replace('ExecutionProvider', '')}/{self.precision} "
+                f"(opt {self.optimization_level}: {self.optimization_reason})")

@@ -15,8 +15,9 @@ Two scorings share one statistics file:
   - ``class``: cross-entropy of the true id (the paper's classification score);
   - ``embed``: cosine distance of the clip's ResNet embedding (mean of the length-normalised
     window embeddings) to the id's centre;
-  - ``spectral``: Mahalanobis distance of the clip's log-mel mean and std per bin to the id's
-    centre (covariance shared within the type). No model involved.
+  - ``spectral``: Mahalanobis distance of the clip's log-mel statistics (band mean, std,
+    frame-to-frame change and modulation power; :func:`spectral_vector`) to the id's centre
+    (covariance shared within the type). No model involved.
 
 Single-task runs (``recon``, ``classify``) score with their one model score under ``paper``.
 """
@@ -28,15 +29,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import BundleError
-from .features import Normalization
+from .features import HOP_LENGTH, SAMPLE_RATE, Normalization
 
 MSE_TYPES = frozenset({"valve", "slider"})  # sound spread over the whole band (paper)
-TASKS = ("multitask", "recon", "classify")
 SCORINGS = ("fusion", "paper")
 COMPONENTS = ("recon", "class", "embed", "spectral")
 DEFAULT_COMPONENTS = ("recon", "spectral")
 LOG_EPS = 1e-6  # floor inside log() of squared errors and distances
+FRAME_RATE = SAMPLE_RATE / HOP_LENGTH  # log-mel frames per second
 # Adjacent mel bins pooled into bands before the per-id Gaussians: with ~10-40 normals per id,
 # 128 (or 256) dimensions leave the covariance mostly shrinkage, and neighbouring mel bins
 # are strongly correlated anyway. Measured in benchmarks/accuracy.py (README).
@@ -68,7 +70,9 @@ def error_vector(residual: np.ndarray) -> np.ndarray:
 
 def band_mean(v: np.ndarray, width: int) -> np.ndarray:
     """Mean of each run of ``width`` adjacent bins (the last band takes what is left)."""
-    return np.add.reduceat(v, np.arange(0, v.shape[0], width), axis=0) / np.diff(np.r_[np.arange(0, v.shape[0], width), v.shape[0]])
+    starts = np.arange(0, v.shape[0], width)
+    counts = np.diff(np.r_[starts, v.shape[0]]).reshape((-1,) + (1,) * (v.ndim - 1))
+    return np.add.reduceat(v, starts, axis=0) / counts
 
 
 def log_error_vector(residual: np.ndarray) -> np.ndarray:
@@ -77,10 +81,75 @@ def log_error_vector(residual: np.ndarray) -> np.ndarray:
     return np.log(band_mean(error_vector(residual), RECON_BAND) + LOG_EPS)
 
 
+# Modulation ranges (Hz of a band's level over time) for the spectral statistics: slow swells,
+# rotation-rate and impact-rate periodicities, up to the frame rate's Nyquist (~15.6 Hz).
+MODULATION_EDGES_HZ = (0.5, 2.0, 4.0, 8.0, FRAME_RATE / 2)
+MODULATION_BAND = 8  # mel bins pooled per band for the modulation spectrum: 128 -> 16 bands
+
+
+def _n_bands(n_bins: int, width: int) -> int:
+    return -(-n_bins // width)
+
+
+def spectral_dim(n_mels: int) -> int:
+    """Length of :func:`spectral_vector` for ``n_mels`` bins."""
+    return 3 * _n_bands(n_mels, SPECTRAL_BAND) + (len(MODULATION_EDGES_HZ) - 1) * _n_bands(n_mels, MODULATION_BAND)
+
+
+class SpectralStats:
+    """Running sums behind :func:`spectral_vector`, fed a clip's log-mel in consecutive chunks
+    (the block-by-block scorer of long files); the result equals one call on the whole clip."""
+
+    def __init__(self, n_mels: int):
+        self.n = 0
+        self.sum, self.sq = np.zeros(n_mels), np.zeros(n_mels)
+        bands = _n_bands(n_mels, SPECTRAL_BAND)
+        self.d_sum, self.d_sq, self.n_d = np.zeros(bands), np.zeros(bands), 0
+        self.last_band: np.ndarray | None = None
+        self.coarse: list[np.ndarray] = []  # (modulation bands, t) per chunk: 64 bytes per frame
+
+    def add(self, logmel: np.ndarray) -> None:
+        x = logmel.astype(np.float64)
+        if x.shape[1] == 0:
+            return
+        self.n += x.shape[1]
+        self.sum += x.sum(axis=1)
+        self.sq += (x * x).sum(axis=1)
+        bands = band_mean(x, SPECTRAL_BAND)
+        if self.last_band is not None:
+            bands = np.concatenate([self.last_band, bands], axis=1)
+        d = np.diff(bands, axis=1)
+        self.d_sum += d.sum(axis=1)
+        self.d_sq += (d * d).sum(axis=1)
+        self.n_d += d.shape[1]
+        self.last_band = bands[:, -1:]
+        self.coarse.append(band_mean(x, MODULATION_BAND))
+
+    def vector(self) -> np.ndarray:
+        if self.n < 2:
+            raise ValueError("spectral statistics need at least 2 frames")
+        mean = self.sum / self.n
+        std = np.sqrt(np.maximum(self.sq / self.n - mean * mean, 0.0))
+        d_mean = self.d_sum / self.n_d
+        delta = np.log(np.sqrt(np.maximum(self.d_sq / self.n_d - d_mean * d_mean, 0.0)) + LOG_EPS)
+        coarse = np.concatenate(self.coarse, axis=1)
+        power = np.abs(np.fft.rfft(coarse - coarse.mean(axis=1, keepdims=True), axis=1)) ** 2 / coarse.shape[1]
+        freqs = np.fft.rfftfreq(coarse.shape[1], 1.0 / FRAME_RATE)
+        edges = MODULATION_EDGES_HZ
+        modulation = np.stack([power[:, (freqs >= lo) & (freqs < hi)].mean(axis=1) for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+        return np.concatenate([band_mean(mean, SPECTRAL_BAND), band_mean(std, SPECTRAL_BAND), delta, np.log(modulation + LOG_EPS).ravel()])
+
+
 def spectral_vector(logmel: np.ndarray) -> np.ndarray:
-    """The clip's log-mel mean and std over time, pooled into bands: ``(n_mels, T) -> (2 * bands,)``."""
-    x = logmel.astype(np.float64)
-    return np.concatenate([band_mean(x.mean(axis=1), SPECTRAL_BAND), band_mean(x.std(axis=1), SPECTRAL_BAND)])
+    """The clip's log-mel statistics over time, pooled into bands: ``(n_mels, T) -> (spectral_dim,)``.
+
+    Per band of ``SPECTRAL_BAND`` bins: mean, std, and log std of the frame-to-frame change
+    (impulsive content: knocks, clicks, stick-slip); per band of ``MODULATION_BAND`` bins: log
+    power of the band's level in each ``MODULATION_EDGES_HZ`` range (periodic swells and impacts).
+    """
+    acc = SpectralStats(logmel.shape[0])
+    acc.add(logmel)
+    return acc.vector()
 
 
 def unit(v: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -139,6 +208,7 @@ class ClipEvidence:
     logits: np.ndarray | None  # (N windows, K)
     logmel: np.ndarray  # (n_mels, T)
     embedding: np.ndarray | None = None  # (N windows, E) ResNet embeddings
+    spectral: np.ndarray | None = None  # spectral_vector(logmel), when computed on the way (long files)
 
 
 @dataclass
@@ -232,7 +302,9 @@ class ScoringStats:
             if ev.embedding is None:
                 raise BundleError("the embed score needs a model with an embedding output (re-export the bundle)")
             return embedding_vector(ev.embedding)
-        return log_error_vector(ev.residual) if component == "recon" else spectral_vector(ev.logmel)
+        if component == "recon":
+            return log_error_vector(ev.residual)
+        return ev.spectral if ev.spectral is not None else spectral_vector(ev.logmel)
 
     def component_score(self, component: str, machine: str, ev: ClipEvidence) -> float:
         """Raw score of one fusion component (larger = more anomalous)."""
@@ -340,14 +412,15 @@ class ScoringStats:
 
     def save(self, path: Path) -> None:
         """Write atomically as ``.npz`` (no pickled objects)."""
-        import os
-
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, **self.to_arrays())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            np.savez(tmp, **self.to_arrays())
 
     @classmethod
-    def load(cls, path: Path) -> "ScoringStats":
-        with np.load(path, allow_pickle=False) as z:
-            return cls.from_arrays({k: z[k] for k in z.files})
+    def load(cls, path: Path, n_mels: int | None = None) -> "ScoringStats":
+        """Read and validate (keys, types, shapes against the class map and ``n_mels``):
+        :class:`BundleError` naming the array if the file is malformed."""
+        from .bundle_schema import check_stats_arrays, read_stats_arrays
+
+        arrays = read_stats_arrays(path)
+        check_stats_arrays(arrays, n_mels, where=path)
+        return cls.from_arrays(arrays)

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from .atomic import atomic_write
+from .bundle_schema import engine_digest
 from .errors import MtadError
 from .tensorrt_runner import engine_key, gpu_info, require_tensorrt
 
@@ -20,10 +22,16 @@ class EngineBuildError(MtadError):
 def build_engine(onnx_path: Path, engine_path: Path, precision: str, window: int, n_mels: int, max_batch: int = 32, log=print) -> dict:
     """Parse ``onnx_path`` and serialise an engine for this GPU; returns its key record.
 
+    The engine and its key file (``engine_path`` with ``.key.json``) are written atomically,
+    the old key removed first: a crash leaves no engine paired with a key it does not match.
+    The profile admits 1 to ``max_batch`` windows; the runner chunks longer clips.
+
     On TensorRT >= 10 the network is strongly typed: precision comes from the ONNX itself
     (FP16 tensors, INT8 Q/DQ), no builder precision flags. Older TensorRT (8.x on JetPack 5)
     takes the builder-flag path. ``--fp16`` on a GPU without fast FP16 is an error.
     """
+    if max_batch < 1:
+        raise EngineBuildError(f"max batch must be >= 1, got {max_batch}")
     trt = require_tensorrt()
     info = gpu_info()
     major = int(trt.__version__.split(".")[0])
@@ -53,13 +61,17 @@ def build_engine(onnx_path: Path, engine_path: Path, precision: str, window: int
             config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     name = network.get_input(0).name
-    profile.set_shape(name, (1, n_mels, window), (8, n_mels, window), (max_batch, n_mels, window))
+    profile.set_shape(name, (1, n_mels, window), (min(8, max_batch), n_mels, window), (max_batch, n_mels, window))
     config.add_optimization_profile(profile)
     log(f"tensorrt {trt.__version__}: building {precision} engine for {info['name']} (sm_{info['compute_capability'].replace('.', '')})")
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise EngineBuildError(f"TensorRT failed to build the {precision} engine from {onnx_path.name}")
-    engine_path.write_bytes(bytes(serialized))
-    key = engine_key(onnx_path)
-    engine_path.with_suffix(".key.json").write_text(json.dumps(key, indent=1))
+    key = {**engine_key(onnx_path, engine_path), "max_batch": int(max_batch), **engine_digest(bytes(serialized))}  # load_bundle checks it
+    key_path = Path(engine_path).with_suffix(".key.json")
+    key_path.unlink(missing_ok=True)
+    with atomic_write(engine_path) as f:
+        f.write(bytes(serialized))
+    with atomic_write(key_path, "w") as f:
+        f.write(json.dumps(key, indent=1))
     return key

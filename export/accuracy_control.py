@@ -21,7 +21,16 @@ from mtad.edge_runtime.parity import Scored, compare
 from mtad.edge_runtime.runners import OnnxRuntimeRunner, int8_cpu_optimization_level
 
 from .onnx_export import INPUT, convert_fp16
-from .quantize import preprocess, quantize_int8
+from .quantize import DEFAULT_INT8_FLOOR, Int8FloorError, preprocess, quantize_int8
+
+def require_polygraphy() -> None:
+    """Polygraphy ranks the layers; without it, one line naming the extra."""
+    try:
+        import polygraphy  # noqa: F401
+    except ImportError:
+        raise MtadError("--accuracy-budget needs Polygraphy to rank layers: `pip install 'mtad[train]'` "
+                        "(or `pip install polygraphy`)") from None
+
 
 QUANTIZED_OPS = {"Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "MaxPool", "GlobalAveragePool", "ReduceMean", "Sigmoid", "Tanh", "Pad"}
 
@@ -35,6 +44,8 @@ def rank_layers(fp32_path: Path, int8_path: Path, windows: np.ndarray, reduce_ra
     always blame the last layers.
     """
     import onnxruntime as ort
+
+    require_polygraphy()
     from polygraphy import constants
     from polygraphy.backend.onnx import BytesFromOnnx, ModifyOutputs, OnnxFromPath
     from polygraphy.backend.onnxrt import OnnxrtRunner
@@ -56,11 +67,12 @@ def rank_layers(fp32_path: Path, int8_path: Path, windows: np.ndarray, reduce_ra
         return OnnxrtRunner(ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"]), name=name)
 
     basic = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    runners = [runner(fp32_path, "fp32", basic), runner(int8_path, "int8", int8_cpu_optimization_level(reduce_range))]
     feeds = [{INPUT: np.ascontiguousarray(windows[i : i + 16])} for i in range(0, min(len(windows), 64), 16)]
-    # INT8 differs from FP32 everywhere by design: Polygraphy's per-tensor FAILED lines are noise here.
-    # and its relative differences divide by zero on all-zero tensors; only absolute ones are used
+    # INT8 differs from FP32 everywhere by design: Polygraphy's per-tensor FAILED lines (and its
+    # "Loading model" lines) are noise here, and its relative differences divide by zero on
+    # all-zero tensors; only absolute ones are used
     with G_LOGGER.verbosity(G_LOGGER.CRITICAL), np.errstate(divide="ignore", invalid="ignore"):
+        runners = [runner(fp32_path, "fp32", basic), runner(int8_path, "int8", int8_cpu_optimization_level(reduce_range))]
         results = Comparator.run(runners, data_loader=feeds)
         accuracy = Comparator.compare_accuracy(results, compare_func=SimpleCompareFunc(check_shapes=False))
     pair = accuracy if hasattr(accuracy, "values") else accuracy[0]  # newer Polygraphy: a list, one per runner pair
@@ -81,25 +93,47 @@ def rank_layers(fp32_path: Path, int8_path: Path, windows: np.ndarray, reduce_ra
     return sorted(ranked, key=lambda t: -t[1])
 
 
+def _best_line(history: list[dict]) -> str:
+    if not history:
+        return "no build reached the floor"
+    best = min(history, key=lambda h: h["max_abs_dauc"])
+    frac = best.get("quantized_mac_fraction")
+    return (f"best found: max |dAUC| {best['max_abs_dauc']:.4f} with {best['excluded']} layer(s) in float"
+            + ("" if frac is None else f", {frac:.1%} of MACs quantised"))
+
+
 def control_loop(build, rank, out_path: Path, precision: str, reference: list[Scored], score_variant, budget: float,
-                 reduce_range: bool = False, max_rounds: int = 8, log=print) -> dict:
+                 reduce_range: bool = False, max_rounds: int = 8, log=print, floor: float | None = None) -> dict:
     """``build(excluded) -> info`` writes ``out_path``; while some machine's |dAUC| is over
-    ``budget``, keep more of the ``rank(out_path)``-worst layers in float32 (2, 4, 8, ...)."""
+    ``budget``, keep more of the ``rank(out_path)``-worst layers in float32 (2, 4, 8, ...).
+
+    With ``floor`` (INT8), ``info["quantized_mac_fraction"]`` may never drop under it: when the
+    budget cannot be met above the floor, raise :class:`Int8FloorError` with the best round found.
+    """
     excluded: list[str] = []
     history = []
     step = 2
     for round_ in range(max_rounds + 1):
         info = build(excluded)
+        frac = info.get("quantized_mac_fraction")
+        if floor is not None and frac is not None and frac < floor:
+            raise Int8FloorError(
+                f"{precision.upper()} cannot meet the accuracy budget {budget} with >= {floor:.0%} of MACs quantised "
+                f"(keeping {len(excluded)} layers in float leaves {frac:.1%}); {_best_line(history)}; no {precision} variant "
+                f"written (raise --accuracy-budget, lower --int8-floor, or export without --{precision})"
+            )
         runner = OnnxRuntimeRunner(out_path, precision, "CPUExecutionProvider", reduce_range=reduce_range)
         res = compare(reference, score_variant(runner), budget)
         worst = res["max_abs_dauc"] or 0.0
-        history.append({"excluded": len(excluded), "max_abs_dauc": worst, "over_budget": res["over_budget"]})
-        log(f"{precision} accuracy control round {round_}: {len(excluded)} layer(s) in float32, max |dAUC| {worst:.4f} (budget {budget})")
+        history.append({"excluded": len(excluded), "max_abs_dauc": worst, "over_budget": res["over_budget"],
+                        **({} if frac is None else {"quantized_mac_fraction": frac})})
+        log(f"{precision} accuracy control round {round_}: {len(excluded)} layer(s) in float32"
+            + ("" if frac is None else f" ({frac:.1%} of MACs quantised)") + f", max |dAUC| {worst:.4f} (budget {budget})")
         if not res["over_budget"]:
             break
         if round_ == max_rounds:
-            raise MtadError(f"{precision.upper()} stays over the accuracy budget {budget} (max |dAUC| {worst:.4f}) after keeping "
-                            f"{len(excluded)} layers in float32; export without it or raise --accuracy-budget")
+            raise MtadError(f"{precision.upper()} stays over the accuracy budget {budget} after {max_rounds} rounds; "
+                            f"{_best_line(history)}; export without it or raise --accuracy-budget")
         ranked = [n for n, _ in rank(out_path) if n not in excluded]
         excluded += ranked[:step]
         step *= 2
@@ -118,15 +152,17 @@ def accuracy_controlled_int8(
     reduce_range: bool = False,
     max_rounds: int = 8,
     log=print,
+    floor: float = DEFAULT_INT8_FLOOR,
 ) -> dict:
-    """INT8 with the worst layers left unquantised until the budget holds. ``score_variant(runner) -> list[Scored]``."""
+    """INT8 with the worst layers left unquantised until the budget holds, never under ``floor``
+    of the MACs quantised. ``score_variant(runner) -> list[Scored]``."""
     windows = calib.heldout if len(calib.heldout) else calib.windows
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         return control_loop(
             lambda excluded: quantize_int8(pre, calib, out_path, method, reduce_range, excluded, preprocessed=True),
             lambda path: rank_layers(pre, path, windows, reduce_range),
-            out_path, "int8", reference, score_variant, budget, reduce_range, max_rounds, log,
+            out_path, "int8", reference, score_variant, budget, reduce_range, max_rounds, log, floor,
         )
 
 

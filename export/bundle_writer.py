@@ -13,17 +13,18 @@ import yaml
 
 from mtad.calibration.calibration_set import CalibrationSet, build_calibration_set, save_calibration_set
 from mtad.edge_runtime import __version__
+from mtad.edge_runtime.atomic import replace_dir, sweep_stale
 from mtad.edge_runtime.bundle import FORMAT, MANIFEST, SCHEMA_VERSION, STATS, load_bundle
 from mtad.edge_runtime.hashing import sha256_file
 from mtad.edge_runtime.errors import ConfigError
 from mtad.edge_runtime.features import FeatureConfig
-from mtad.edge_runtime.runners import OnnxRuntimeRunner
+from mtad.edge_runtime.runners import OnnxRuntimeRunner, has_qdq
 from mtad.train.checkpoint import CHECKPOINT, model_from_checkpoint, norms_from_checkpoint
 from mtad.train.evaluate import load_run
 from mtad.train.reference import TorchRunner
 
 from .onnx_export import INPUT, OPSET, OUTPUTS, convert_fp16, export_fp32
-from .quantize import quantize_int8
+from .quantize import DEFAULT_INT8_FLOOR, quantize_int8, require_int8_floor
 
 
 def compare_outputs(runner, reference: TorchRunner, windows: np.ndarray) -> dict:
@@ -67,7 +68,9 @@ def record_reference_scores(bundle, reference: TorchRunner, ref: dict) -> dict:
     for name, runner in runners.items():
         scorer = EdgeScorer(bundle, runner)
         scores[name] = [float(scorer.score_audio(a.astype(np.float32) / 32768.0, str(m)).score) for a, m in zip(ref["audio"], ref["machines"])]
+    per_machine = {str(m): [int(((ref["machines"] == m) & (ref["labels"] == lab)).sum()) for lab in (0, 1)] for m in np.unique(ref["machines"])}
     return {"file": REFERENCE_FILE, "n_clips": int(len(ref["keys"])), "seconds": float(ref["audio"].shape[1] / 16000),
+            "bytes": int((bundle.root / REFERENCE_FILE).stat().st_size), "normal_anomalous_per_machine": per_machine,
             "keys": [str(k) for k in ref["keys"]], "labels": [int(v) for v in ref["labels"]], "scores": scores}
 
 
@@ -91,11 +94,11 @@ class _AccuracyControl:
         self.score_variant = scored
         self.reference = scored()
 
-    def int8(self, tmp: Path, calib, method, reduce_range) -> dict:
+    def int8(self, tmp: Path, calib, method, reduce_range, floor: float = DEFAULT_INT8_FLOOR) -> dict:
         from .accuracy_control import accuracy_controlled_int8
 
         return accuracy_controlled_int8(tmp / "models" / "fp32.onnx", calib, tmp / "models" / "int8.onnx", self.reference,
-                                        self.score_variant, self.budgets["int8"], method, reduce_range, log=self.log)
+                                        self.score_variant, self.budgets["int8"], method, reduce_range, log=self.log, floor=floor)
 
     def fp16(self, tmp: Path, windows) -> dict:
         from .accuracy_control import accuracy_controlled_fp16
@@ -117,6 +120,8 @@ def export_bundle(
     accuracy_budget: dict[str, float] | None = None,
     engine: bool = False,
     force: bool = False,
+    int8_floor: float = DEFAULT_INT8_FLOOR,
+    reference_clips: int = 8,
     progress: bool = True,
     log=print,
 ) -> dict:
@@ -140,6 +145,9 @@ def export_bundle(
     norms = norms_from_checkpoint(run.ckpt)
     reference = TorchRunner(model)
     mcfg = run.model_cfg
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in (f".{out.name}.tmp-", f".{out.name}.old-"):  # left by a killed export
+        sweep_stale(out.parent, stale)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "models").mkdir(parents=True)
@@ -171,14 +179,18 @@ def export_bundle(
         int8_info = None
         if int8 and control and "int8" in accuracy_budget:
             log(f"export: INT8 ONNX with accuracy control (|dAUC| <= {accuracy_budget['int8']} per machine on the labelled test clips)")
-            int8_info = control.int8(tmp, calib, calib_method, int8_reduce_range)
+            int8_info = control.int8(tmp, calib, calib_method, int8_reduce_range, int8_floor)
         elif int8:
             log(f"export: INT8 ONNX (calibrating on {len(calib.windows)} windows, {calib_method})")
             int8_info = quantize_int8(tmp / "models" / "fp32.onnx", calib, tmp / "models" / "int8.onnx", calib_method, int8_reduce_range, int8_exclude)
+            require_int8_floor(int8_info, int8_floor)  # never a float model labelled int8
         if int8:
-            variants["int8"] = {"precision": "int8", "kind": "onnx", "file": "models/int8.onnx", "reduce_range": int8_reduce_range}
+            variants["int8"] = {"precision": "int8", "kind": "onnx", "file": "models/int8.onnx", "reduce_range": int8_reduce_range,
+                                "quantized_mac_fraction": int8_info["quantized_mac_fraction"]}
+        for v in variants.values():  # the runner picks ONNX Runtime's optimisation level from this
+            v["has_qdq"] = has_qdq(tmp / v["file"])
         for name, v in variants.items():
-            runner = OnnxRuntimeRunner(tmp / v["file"], v["precision"], "CPUExecutionProvider", reduce_range=v.get("reduce_range", False))
+            runner = OnnxRuntimeRunner(tmp / v["file"], v["precision"], "CPUExecutionProvider", reduce_range=v.get("reduce_range", False), qdq=v["has_qdq"])
             checks[name] = compare_outputs(runner, reference, heldout)
             checks[name]["runner"] = runner.describe()
             c = checks[name]
@@ -189,7 +201,7 @@ def export_bundle(
         if calib_data is not None:
             from .reference_set import build_reference_set, save_reference_set
 
-            reference_set = build_reference_set(Path(calib_data), run.stats.class_map, mcfg.window)
+            reference_set = build_reference_set(Path(calib_data), run.stats.class_map, mcfg.window, per_class=reference_clips)
             if reference_set is not None:
                 save_reference_set(reference_set, tmp)
         if engine:
@@ -223,13 +235,7 @@ def export_bundle(
         if reference_set is not None:
             manifest["reference"] = record_reference_scores(bundle, reference, reference_set)
             (tmp / MANIFEST).write_text(yaml.safe_dump(manifest, sort_keys=False))
-        if out.exists():  # --force: swap in the new bundle, then drop the old one
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+        replace_dir(tmp, out)  # with --force the old bundle stays whole until this step
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

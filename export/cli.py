@@ -20,41 +20,36 @@ from mtad.edge_runtime.cli_common import parse_csv, report_errors
 @click.option("--int8-reduce-range", is_flag=True, help="7-bit INT8 weights: fast fused kernels on CPUs without VNNI (costs accuracy).")
 @click.option("--int8-exclude", help="Comma-separated ONNX node names kept in float.")
 @click.option("--accuracy-budget", "accuracy_budget_text", help="Keep the worst layers in float32 until max |dAUC| per machine on --calib-data's test clips is within budget: a number (INT8) or 'fp16=0.005,int8=0.01'.")
+@click.option("--int8-floor", default=0.80, show_default=True, type=click.FloatRange(0, 1),
+              help="Refuse to label a variant int8 unless at least this fraction of the model's MACs run quantised.")
+@click.option("--reference-clips", default=8, show_default=True, type=click.IntRange(1),
+              help="Normal and anomalous test clips per machine shipped in the bundle for on-device parity (each ~2 s of int16 audio).")
 @click.option("--engine", is_flag=True, help="Also build TensorRT engines for this machine's GPU.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 @click.option("--quiet", is_flag=True)
 @report_errors
-def main(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range, int8_exclude, accuracy_budget_text, engine, force, quiet):
+def main(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range, int8_exclude, accuracy_budget_text,
+         int8_floor, reference_clips, engine, force, quiet):
     """Export RUN to a bundle the edge runtime loads (mtad-edge --bundle OUT)."""
+    from mtad.edge_runtime.constants import parse_budgets
+    from mtad.edge_runtime.runners import import_onnxruntime
+
     from .bundle_writer import export_bundle
 
-    accuracy_budget = parse_accuracy_budget(accuracy_budget_text)
+    accuracy_budget = parse_budgets(accuracy_budget_text, "--accuracy-budget", ("fp16", "int8"), bare="int8") or None
+    import_onnxruntime()  # the [cpu] or [gpu] extra: one line if neither is installed
+    if accuracy_budget:
+        from .accuracy_control import require_polygraphy
+
+        require_polygraphy()  # before minutes of work, as one line
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     manifest = export_bundle(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range,
-                             parse_csv(int8_exclude), accuracy_budget, engine, force, progress=not quiet, log=log)
+                             parse_csv(int8_exclude), accuracy_budget, engine, force, progress=not quiet, log=log, int8_floor=int8_floor,
+                             reference_clips=reference_clips)
     sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest["sizes_bytes"].items())
     worst = max(manifest["export_check"]["variants"].items(), key=lambda kv: kv[1]["logits"]["max_abs"])
     click.echo(f"bundle {out}: {sizes}; worst logits error {worst[1]['logits']['max_abs']:.2e} ({worst[0]}), "
-               f"argmax agreement {min(c['argmax_agreement'] for c in manifest['export_check']['variants'].values()):.1%}")
-
-
-def parse_accuracy_budget(text: str | None) -> dict[str, float] | None:
-    """'0.01' -> {'int8': 0.01}; 'fp16=0.005,int8=0.01' -> both."""
-    from mtad.edge_runtime.errors import ConfigError
-
-    if not text:
-        return None
-    try:
-        return {"int8": float(text)}
-    except ValueError:
-        pass
-    out = {}
-    for part in text.split(","):
-        key, _, value = part.partition("=")
-        try:
-            if key.strip() not in ("fp16", "int8"):
-                raise ValueError
-            out[key.strip()] = float(value)
-        except ValueError:
-            raise ConfigError(f"--accuracy-budget takes a number or 'fp16=0.005,int8=0.01', got {text!r}") from None
-    return out
+               f"argmax agreement {min(c['argmax_agreement'] for c in manifest['export_check']['variants'].values()):.1%}"
+               + (f"; int8: {manifest['variants']['int8']['quantized_mac_fraction']:.1%} of MACs quantised" if int8 else "")
+               + (f"; reference set {manifest['reference']['n_clips']} clips, {manifest['reference']['bytes'] / 1e6:.1f} MB"
+                  if manifest.get("reference") else ""))

@@ -58,16 +58,16 @@ def route_outputs_through_identity(proto: onnx.ModelProto) -> onnx.ModelProto:
     return proto
 
 
-def convert_fp16(fp32: onnx.ModelProto, keep_fp32_ops: list[str] | None = None, keep_fp32_nodes: list[str] | None = None) -> onnx.ModelProto:
+def convert_fp16(fp32: onnx.ModelProto, keep_fp32_nodes: list[str] | None = None) -> onnx.ModelProto:
     """FP16 weights and compute with float32 inputs/outputs (onnxconverter-common).
 
-    ``keep_fp32_ops`` (op types) and ``keep_fp32_nodes`` (node names) stay in float32 where
-    FP16 error would be too large (see accuracy_control).
+    ``keep_fp32_nodes`` (node names) stay in float32 where FP16 error would be too large (see
+    accuracy_control); onnxconverter-common's default op block list applies too.
     """
     from onnxconverter_common import float16
 
     proto = route_outputs_through_identity(onnx.ModelProto.FromString(fp32.SerializeToString()))
     with warnings.catch_warnings():  # it warns for every weight below FP16's range; expected
         warnings.simplefilter("ignore", UserWarning)
-        return float16.convert_float_to_float16(proto, keep_io_types=True, op_block_list=keep_fp32_ops or None,
+        return float16.convert_float_to_float16(proto, keep_io_types=True,
                                                  node_block_list=keep_fp32_nodes or None, disable_shape_infer=False)

@@ -22,20 +22,18 @@ EXIT_OVER_BUDGET = 4
 @click.option("--bundle", "bundle_dir", required=True, type=click.Path(path_type=Path))
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), help="Training run: the PyTorch reference.")
 @click.option("--data", type=click.Path(path_type=Path), help="Data root whose test clips are scored (with --run).")
-@click.option("--budget", "budget_text", default="fp32=0.001,fp16=0.005,int8=0.01", show_default=True, help="Max |dAUC| per machine, per precision.")
+@click.option("--budget", "budget_text", default="fp32=0.001,fp16=0.005,int8=0.01", show_default=True, help="Max |dAUC| per machine, per precision (on the device: never tighter than one swapped pair).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False, path_type=Path), help="PNG scatter of variant vs reference scores.")
 @click.option("--quiet", is_flag=True)
 @report_errors
 def main(bundle_dir, run_dir, data, budget_text, json_path, plot_path, quiet):
-    """Score with the reference and every bundle variant; exit 4 if any machine drifts over budget."""
-    from mtad.edge_runtime.errors import ConfigError
-    from mtad.edge_runtime.parity import format_report, parse_budgets, scatter_plot
+    """Score with the reference and every bundle variant; exit 4 if any machine drifts over budget:
+    |dAUC| over --budget, or Spearman rho / worst relative score error past the score budgets."""
+    from mtad.edge_runtime.constants import DEFAULT_BUDGETS, parse_budgets
+    from mtad.edge_runtime.parity import format_report, scatter_plot
 
-    try:
-        budgets = parse_budgets(budget_text)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    budgets = parse_budgets(budget_text, "--budget", defaults=DEFAULT_BUDGETS)
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     if (run_dir is None) != (data is None):
         raise click.UsageError("give both --run and --data (QA parity), or neither (on-device parity against the bundle's reference set)")
@@ -53,13 +51,24 @@ def main(bundle_dir, run_dir, data, budget_text, json_path, plot_path, quiet):
     for name, why in skipped.items():
         click.echo(f"{name}: skipped ({why})")
     if json_path:
-        json_path.write_text(json.dumps({"mode": mode, "budgets": budgets, "variants": results, "skipped": skipped}, indent=1))
+        from mtad.edge_runtime.parity import DEFAULT_SCORE_BUDGETS
+
+        from mtad.edge_runtime.atomic import atomic_write
+
+        with atomic_write(json_path, "w") as f:
+            f.write(json.dumps({"mode": mode, "budgets": budgets, "score_budgets": DEFAULT_SCORE_BUDGETS, "variants": results,
+                                "skipped": skipped}, indent=1))
     if plot_path and not scatter_plot(reference, scored, plot_path):
         log("parity: matplotlib not installed, no plot")
     over = {name: r["over_budget"] for name, r in results.items() if r["over_budget"]}
+    drift = {name: r["score_over_budget"] for name, r in results.items() if r["score_over_budget"]}
     worst = max(((n, r["max_abs_dauc"]) for n, r in results.items() if r["max_abs_dauc"] is not None), key=lambda t: t[1], default=None)
     headline = f"parity ({mode}): {len(results)} variant(s)" + (f", worst |dAUC| {worst[1]:.4f} ({worst[0]})" if worst else "")
-    if over:
-        click.echo(headline + "; OVER BUDGET: " + "; ".join(f"{n}: {', '.join(ms)}" for n, ms in over.items()))
+    lowest = min(((n, r["min_spearman"]) for n, r in results.items() if r["min_spearman"] is not None), key=lambda t: t[1], default=None)
+    if lowest:
+        headline += f", lowest rho {lowest[1]:.4f} ({lowest[0]})"
+    if over or drift:
+        click.echo(headline + "".join(f"; {what}: " + "; ".join(f"{n}: {', '.join(ms)}" for n, ms in found.items())
+                                      for what, found in (("OVER BUDGET", over), ("SCORE DRIFT", drift)) if found))
         sys.exit(EXIT_OVER_BUDGET)
     click.echo(headline + "; all within budget")

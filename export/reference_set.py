@@ -13,11 +13,19 @@ from mtad.edge_runtime.errors import AudioError
 REFERENCE_FILE = "reference/reference.npz"
 
 
-def build_reference_set(data: Path, machines: list[str], window_frames: int, hop: int = 512, seconds: float = 4.0) -> dict | None:
-    """One normal and one anomalous test clip per machine, cut to a few seconds (int16).
+DEFAULT_CLIPS_PER_CLASS = 8  # normal and anomalous clips per machine: AUC steps of 1/64, not 0 or 1
+
+
+def build_reference_set(data: Path, machines: list[str], window_frames: int, hop: int = 512, seconds: float | None = None,
+                        per_class: int = DEFAULT_CLIPS_PER_CLASS) -> dict | None:
+    """Up to ``per_class`` normal and ``per_class`` anomalous test clips per machine (int16), all
+    cut to one length: ``seconds``, or by default just enough audio for the model window plus a
+    few frames (the reference set ships in every bundle, so its size is kept down).
 
     Returns None when ``data`` has no labelled test clips of the bundle's machines.
     """
+    if per_class < 1:
+        raise ValueError(f"per_class must be >= 1, got {per_class}")
     try:
         index = scan_dataset(data)
     except Exception:
@@ -26,17 +34,20 @@ def build_reference_set(data: Path, machines: list[str], window_frames: int, hop
     chosen = []
     for machine in machines:
         for label in (0, 1):
+            taken = 0
             for c in (c for c in index.select("test", machine.split("/")[0], label) if c.machine == machine):
+                if taken == per_class:
+                    break
                 try:
                     y = load_audio(c.path)
                 except AudioError:
                     continue
                 if len(y) >= needed:
                     chosen.append((c, machine, label, y))
-                    break
+                    taken += 1
     if not chosen:
         return None
-    n = max(needed, min(int(seconds * 16000), min(len(y) for *_, y in chosen)))
+    n = needed if seconds is None else max(needed, min(int(seconds * 16000), min(len(y) for *_, y in chosen)))
     audio, keys, mlist, labels = [], [], [], []
     for c, machine, label, y in chosen:
         if len(y) < n:
@@ -51,9 +62,12 @@ def build_reference_set(data: Path, machines: list[str], window_frames: int, hop
 
 
 def save_reference_set(ref: dict, bundle_dir: Path) -> Path:
+    from mtad.edge_runtime.atomic import atomic_path
+
     path = bundle_dir / REFERENCE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, **ref)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, **ref)
     return path
 
 

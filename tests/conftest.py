@@ -58,3 +58,13 @@ def tiny_bundle(tiny_run, tiny_synth, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "tiny"
     export_bundle(tiny_run, out, fp16=True, int8=True, calib_data=tiny_synth, calib_windows=128, progress=False, log=lambda m: None)
     return out
+
+
+@pytest.fixture(scope="session")
+def scorer(tiny_bundle):
+    """The torch-free edge scorer on ``tiny_bundle``'s FP32 ONNX model (CPU)."""
+    from mtad.edge_runtime.bundle import load_bundle
+    from mtad.edge_runtime.pipeline import EdgeScorer
+
+    bundle = load_bundle(tiny_bundle)
+    return EdgeScorer(bundle, bundle.onnx_runner("fp32", "CPUExecutionProvider"))

@@ -154,7 +154,7 @@ def test_mic_enrollment_records_to_files_first(held_out_id, tmp_path):
 
     from mtad.edge_runtime.audio import load_audio
     from mtad.edge_runtime.mic import record_microphone
-    from mtad.edge_runtime.mic_sim import SimulatedPyAudio
+    from tests.mic_sim import SimulatedPyAudio
 
     data, bundles = held_out_id
     bundle = tmp_path / "b"

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from mtad.edge_runtime.bundle import load_bundle
 from mtad.edge_runtime.errors import BundleError, ConfigError
-from mtad.edge_runtime.runners import OnnxRuntimeRunner, cpu_has_vnni
+from mtad.edge_runtime.runners import OnnxRuntimeRunner, cpu_int8_features
 from mtad.export.bundle_writer import export_bundle
 from mtad.export.cli import main as export_main
 from mtad.export.quantize import qdq_zero_points
@@ -42,7 +42,7 @@ def test_int8_is_symmetric_qdq(tiny_bundle):
 
 def test_manifest_is_self_describing(tiny_bundle):
     m = yaml.safe_load((tiny_bundle / "manifest.yaml").read_text())
-    assert m["schema_version"] == 2 and m["feature_config"]["n_fft"] == 2048
+    assert m["schema_version"] == 3 and m["feature_config"]["n_fft"] == 2048
     assert m["source_run"] == "tiny"  # a name, not a path of the build machine
     assert m["scoring"]["method"] == "fusion" and m["scoring"]["components"] == ["recon", "spectral"]
     assert m["scoring"]["stats_holdout"] == 0.25 and set(m["scoring"]["heldout_clips_per_machine"].values()) == {4}
@@ -57,7 +57,7 @@ def test_manifest_is_self_describing(tiny_bundle):
 
 @pytest.mark.parametrize("tamper, message", [
     (lambda b: (b / "models" / "fp16.onnx").write_bytes((b / "models" / "fp16.onnx").read_bytes()[:-10] + b"0123456789"), "does not match its sha256"),
-    (lambda b: _edit(b, lambda m: m.update(schema_version=3)), "newer than this runtime supports"),
+    (lambda b: _edit(b, lambda m: m.update(schema_version=4)), "newer than this runtime supports"),
     (lambda b: _edit(b, lambda m: m.update(schema_version=1)), "older than this runtime supports.*re-export"),
     (lambda b: _edit(b, lambda m: m["feature_config"].update(n_fft=1024)), "feature settings differ.*n_fft 1024 != 2048"),
     (lambda b: (b / "stats.npz").unlink(), "stats.npz is listed in the manifest but missing"),
@@ -90,7 +90,7 @@ def test_export_refusals_leave_nothing_behind(tiny_run, tiny_synth, tmp_path):
     assert res.exit_code == 1 and "already exists" in res.output
 
 
-@pytest.mark.skipif(cpu_has_vnni(), reason="this CPU has VNNI: ORT's fused int8 kernels do not saturate here")
+@pytest.mark.skipif(bool(cpu_int8_features()), reason="this CPU has int8 dot products: ORT's fused int8 kernels do not saturate here")
 def test_int8_fused_kernels_would_be_wrong_on_this_cpu_and_runner_avoids_them(tiny_bundle):
     """The hazard from the export issue: ORT_ENABLE_ALL fuses Q/DQ into u8s8 kernels that
     saturate on AVX2 without VNNI. Our runner must pick BASIC, and the fused result differs."""

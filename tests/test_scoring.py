@@ -5,7 +5,7 @@ from sklearn.metrics import roc_auc_score
 
 from mtad.edge_runtime.features import Normalization
 from mtad.edge_runtime.errors import DatasetError
-from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, TypeStats, classification_score, error_vector, mahalanobis
+from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, TypeStats, classification_score, error_vector, mahalanobis, spectral_dim
 from mtad.train.evaluate import ClipScore, compute_metrics
 from mtad.train.stats import fit_scoring_stats, gamma_threshold, prediction_threshold
 
@@ -65,14 +65,15 @@ def test_paper_scoring_and_stats_storage_round_trip(rng, tmp_path):
 
 def test_fusion_is_per_id_two_sided_and_round_trips(rng, tmp_path):
     norm = Normalization(np.zeros(32, np.float32), np.ones(32, np.float32))
-    held = _evidence(rng, 12) + _evidence(rng, 12, "fan/id_02")
+    held = _evidence(rng, 20) + _evidence(rng, 20, "fan/id_02")  # 40 clips for a 40-dim shared covariance
     stats, finals = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=("recon", "class", "embed", "spectral"))
     # per-id centres, one shared precision per type, a calibration per (component, id)
     assert {k.split("|")[0] for k in stats.centres} == {"recon", "embed", "spectral"}
     assert {k.split("|")[0] for k in stats.precisions} == {"recon", "spectral"}  # embed: cosine distance, no covariance
     np.testing.assert_allclose(stats.centres["embed|fan/id_02"] @ np.eye(6)[1], 1.0, atol=0.05)
-    np.testing.assert_allclose(stats.centres["spectral|fan/id_02"][:8], 3.0, atol=0.2)  # 8 bands of mean, 8 of std
-    assert stats.precisions["spectral|fan"].shape == (16, 16) and stats.precisions["recon|fan"].shape == (4, 4)
+    np.testing.assert_allclose(stats.centres["spectral|fan/id_02"][:8], 3.0, atol=0.2)  # 8 bands of mean first
+    assert stats.precisions["spectral|fan"].shape == (spectral_dim(32),) * 2 == (40, 40)  # mean, std, change (8 each), modulation (4 x 4)
+    assert stats.precisions["recon|fan"].shape == (4, 4)
     # standardised on held-out normals: their out-of-sample fused scores centre near 0
     assert abs(np.mean(finals["fan/id_00"])) < 0.5
     normal = stats.score("fan/id_00", _evidence(rng, 1)[0][1])
@@ -148,3 +149,37 @@ def test_auc_pauc_equal_sklearn_on_fixed_example():
     assert entry["precision"] == pytest.approx(0.8) and entry["recall"] == pytest.approx(0.8)
     assert (entry["tp"], entry["fp"], entry["tn"], entry["fn"]) == (4, 1, 4, 1) and entry["false_alarm_rate"] == pytest.approx(0.2)
     assert m["types"]["fan"]["auc"] == entry["auc"] and m["mean"]["auc"] == entry["auc"]
+
+
+def test_spectral_vector_in_chunks_equals_whole_clip(rng):
+    from mtad.edge_runtime.scoring import SpectralStats, spectral_dim, spectral_vector
+
+    x = rng.standard_normal((128, 700)) * 3 - 20
+    whole = spectral_vector(x)
+    assert whole.shape == (spectral_dim(128),) == (160,)
+    acc = SpectralStats(128)
+    for i in range(0, 700, 97):  # uneven chunks, as the block-by-block scorer feeds them
+        acc.add(x[:, i : i + 97])
+    np.testing.assert_allclose(acc.vector(), whole, rtol=0, atol=1e-9)
+
+
+def test_spectral_vector_sees_what_mean_and_std_miss(rng):
+    """A 3 Hz swell in one band, or knocks every 6 frames, barely moves the band's mean and std;
+    the modulation and frame-to-frame parts of the statistic move by orders of magnitude."""
+    from mtad.edge_runtime.scoring import FRAME_RATE, SPECTRAL_BAND, spectral_vector
+
+    t = np.arange(626)
+    x = np.tile(rng.standard_normal((128, 1)), (1, t.size)) + 0.05 * rng.standard_normal((128, t.size))
+    swell = x.copy()
+    swell[40:48] += np.sin(2 * np.pi * 3.0 * t / FRAME_RATE)  # mel bins 40-47 = modulation band 5
+    base, moved = spectral_vector(x), spectral_vector(swell)
+    bands = 128 // SPECTRAL_BAND
+    mod = (moved - base)[3 * bands :].reshape(16, 4)  # (modulation band, range): 0.5-2, 2-4, 4-8, 8-15.6 Hz
+    assert mod[5, 1] > np.log(100)  # the 2-4 Hz power of that band
+    assert np.abs(np.delete(mod, 5, axis=0)).max() < 1e-9  # no other band moves
+    assert abs((moved - base)[10]) < 1e-9  # band 10's mean (bins 40-43): a sine averages out
+
+    knocks = x.copy()
+    knocks[64:72, ::6] += 2.0
+    d = spectral_vector(knocks) - base
+    assert d[2 * bands + 16] > np.log(5)  # frame-to-frame change of band 16 (bins 64-67)

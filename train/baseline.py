@@ -11,6 +11,7 @@ from sklearn.covariance import LedoitWolf
 from sklearn.metrics import roc_auc_score
 
 from mtad.edge_runtime.audio import load_audio
+from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import DatasetIndex
 from mtad.edge_runtime.features import LogMelExtractor
 
@@ -33,7 +34,7 @@ def baseline_aucs(index: DatasetIndex) -> dict[tuple[str, str], tuple[float, flo
         x = np.stack([feats[c.path] for c in test])
         scores = np.sqrt(lw.mahalanobis(x))
         y = np.array([c.label for c in test])
-        results[(mtype, mid)] = (roc_auc_score(y, scores), roc_auc_score(y, scores, max_fpr=0.1))
+        results[(mtype, mid)] = (roc_auc_score(y, scores), roc_auc_score(y, scores, max_fpr=MAX_FPR))
     return results
 
 

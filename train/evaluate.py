@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,8 +10,10 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score, roc_curve
 
+from mtad.edge_runtime.atomic import atomic_write
+from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import DatasetIndex, scan_dataset
-from mtad.edge_runtime.errors import ConfigError, DatasetError
+from mtad.edge_runtime.errors import BundleError, ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig
 from mtad.edge_runtime.scoring import ScoringStats
 
@@ -22,7 +23,6 @@ from .model import ModelConfig
 from .reference import TorchRunner
 from .trainer import STATS, compute_outputs, fit_run_stats, split_holdout
 
-MAX_FPR = 0.1  # pAUC range, as DCASE2020 Task 2
 
 
 @dataclass
@@ -46,9 +46,14 @@ def load_run(run_dir: str | Path, require_stats: bool = True) -> LoadedRun:
     ckpt = load_checkpoint(run_dir)
     if FeatureConfig.from_dict(ckpt["feature_config"]) != FeatureConfig():
         raise ConfigError(f"{run_dir}: trained with other feature settings than this mtad version uses")
-    stats = ScoringStats.load(run_dir / STATS) if (run_dir / STATS).exists() else None
-    if stats is None and require_stats:
+    if not require_stats:  # a refit replaces them; stale statistics from an older mtad must not stop it
+        return LoadedRun(run_dir, ckpt, ModelConfig.from_dict(ckpt["config"]["model"]), None)
+    if not (run_dir / STATS).exists():
         raise ConfigError(f"{run_dir}: no {STATS}; run mtad-eval --refit to fit scoring statistics")
+    try:
+        stats = ScoringStats.load(run_dir / STATS, n_mels=FeatureConfig().n_mels)
+    except BundleError as exc:
+        raise ConfigError(f"{exc} (statistics from another mtad version?); run mtad-eval --refit to fit them again") from None
     return LoadedRun(run_dir, ckpt, ModelConfig.from_dict(ckpt["config"]["model"]), stats)
 
 
@@ -204,10 +209,8 @@ def format_comparison(named: list[tuple[str, dict]]) -> str:
 
 
 def write_json(metrics: dict, path: Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(metrics, indent=2))
-    os.replace(tmp, path)
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(metrics, indent=2))
 
 
 def write_plots(scores: list[ClipScore], metrics: dict, out_dir: Path) -> list[Path]:

@@ -11,6 +11,8 @@ from pathlib import Path
 import soundfile as sf
 from tqdm import tqdm
 
+from mtad.edge_runtime.atomic import atomic_write
+
 from .synth import SR, ClipJob, SynthConfig, plan_jobs, render_clip
 
 MANIFEST = "synth_manifest.csv"
@@ -22,9 +24,8 @@ def _write_one(args: tuple[SynthConfig, ClipJob, str]) -> str:
     audio = render_clip(cfg, job.machine_type, job.machine_id, job.split, job.fault, job.index)
     buf = io.BytesIO()
     sf.write(buf, audio, SR, subtype="PCM_16", format="WAV")
-    tmp = path.with_suffix(".wav.tmp")
-    tmp.write_bytes(buf.getvalue())
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        f.write(buf.getvalue())
     return job.relpath
 
 
@@ -49,11 +50,9 @@ def write_dataset(cfg: SynthConfig, out: str | Path, workers: int | None = None,
             for _ in pool.map(_write_one, args, chunksize=4):
                 bar.update()
     bar.close()
-    tmp = out / (MANIFEST + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(out / MANIFEST, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "machine_type", "machine_id", "split", "label", "fault", "severity"])
         for j in jobs:
             w.writerow([j.relpath, j.machine_type, j.machine_id, j.split, "normal" if j.fault is None else "anomaly", j.fault or "", cfg.severity if j.fault else 0])
-    os.replace(tmp, out / MANIFEST)
     return jobs

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import math
 from collections import defaultdict
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from mtad.edge_runtime.atomic import atomic_path, atomic_write
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.errors import ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig, fit_normalization
@@ -118,12 +118,10 @@ def losses(model: MultitaskModel, x: torch.Tensor, target: torch.Tensor, task: s
 
 
 def _write_log(run_dir: Path, history: list[dict]) -> None:
-    tmp = run_dir / (LOG + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(run_dir / LOG, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(history[0]))
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, run_dir / LOG)
 
 
 def plot_losses(run_dir: Path, history: list[dict]) -> None:
@@ -143,10 +141,9 @@ def plot_losses(run_dir: Path, history: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = run_dir / (LOSS_PNG + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(run_dir / LOSS_PNG) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, run_dir / LOSS_PNG)
 
 
 def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, model_cfg, progress=False, desc="scoring") -> list[tuple[str, ClipEvidence]]:
@@ -186,9 +183,8 @@ def write_split(run_dir: Path, store: FeatureStore, stats_idx: list[int], fracti
     held = defaultdict(list)
     for i in stats_idx:
         held[store.clips[i].machine].append(Path(store.clips[i].path).name)
-    tmp = run_dir / (SPLIT + ".tmp")
-    tmp.write_text(json.dumps({"stats_holdout": fraction, "seed": seed, "held_out": dict(sorted(held.items()))}, indent=1))
-    os.replace(tmp, run_dir / SPLIT)
+    with atomic_write(run_dir / SPLIT, "w") as f:
+        f.write(json.dumps({"stats_holdout": fraction, "seed": seed, "held_out": dict(sorted(held.items()))}, indent=1))
 
 
 class _LossModule(torch.nn.Module):

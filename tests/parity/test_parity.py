@@ -15,7 +15,8 @@ from onnx import numpy_helper
 from sklearn.metrics import roc_auc_score
 
 from mtad.edge_runtime.hashing import sha256_file
-from mtad.edge_runtime.parity import DEFAULT_BUDGETS, roc_auc
+from mtad.edge_runtime.constants import DEFAULT_BUDGETS
+from mtad.edge_runtime.parity import DEFAULT_SCORE_BUDGETS, roc_auc
 from mtad.export.parity import device_parity, full_parity
 from mtad.export.parity_cli import EXIT_OVER_BUDGET
 from mtad.export.parity_cli import main as parity_main
@@ -93,8 +94,11 @@ def test_corrupted_int8_scales_are_caught(tiny_run, tiny_bundle, tiny_synth, tmp
     onnx.save(model, str(broken / "models" / "int8.onnx"))
     rehash(broken, "models/int8.onnx")
     results, *_ = full_parity(tiny_run, broken, tiny_synth, DEFAULT_BUDGETS, progress=False, log=lambda m: None)
-    assert results["onnxruntime-int8"]["over_budget"], "a Q/DQ scale mismatch must push INT8 over budget"
-    assert results["onnxruntime-fp32"]["over_budget"] == []
+    # the tiny model separates its test clips perfectly, so the AUC cannot move; the scores do
+    int8 = results["onnxruntime-int8"]
+    assert int8["over_budget"] or int8["score_over_budget"], "a Q/DQ scale mismatch must push INT8 over budget"
+    assert int8["max_rel_error"] > DEFAULT_SCORE_BUDGETS["int8"]["max_rel_error"]
+    assert results["onnxruntime-fp32"]["over_budget"] == [] and results["onnxruntime-fp32"]["score_over_budget"] == []
 
 
 def test_device_parity_runs_without_torch(tiny_bundle):

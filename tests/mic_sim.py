@@ -1,4 +1,5 @@
-"""A stand-in for the ``pyaudio`` module: a simulated input device for tests and soak runs.
+"""A stand-in for the ``pyaudio`` module: a simulated input device for tests and soak runs
+(a test double: it lives with the tests, never in the installed package).
 
 It plays a numpy signal (or a generator of chunks) through the same callback API PyAudio
 uses, at a chosen speed relative to real time, with optional input-overflow flags.
@@ -105,3 +106,13 @@ class SimulatedStream:
 
     def close(self) -> None:
         pass
+
+
+class ListSink:
+    """A JSON-line sink that keeps the records, for asserting on them."""
+
+    def __init__(self):
+        self.lines = []
+
+    def write(self, record):
+        self.lines.append(record)

@@ -1,0 +1,87 @@
+"""Parity that can tell: dAUC with a seeded bootstrap interval, score-level figures, decision
+agreement, and an on-device reference set of settable size with budgets suited to it."""
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from mtad.edge_runtime.parity import (DEFAULT_SCORE_BUDGETS, Scored, auc_by_ranks, compare, dauc_interval, format_report, roc_auc,
+                                      size_adjusted_budget)
+
+
+def _scored(scores, labels, machine="fan/id_00", threshold=1.0):
+    return [Scored(f"c{i}", machine, int(lab), float(s), threshold) for i, (s, lab) in enumerate(zip(scores, labels))]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_rank_auc_equals_roc_auc_with_ties(seed):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.ones(9), np.zeros(11)]
+    s = np.round(rng.standard_normal(20) + y, 1)
+    assert auc_by_ranks(y, s) == pytest.approx(roc_auc(y, s), abs=1e-12)
+
+
+def test_dauc_interval_is_seeded_paired_and_covers_the_drift():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(50), np.zeros(50)]
+    ref = rng.standard_normal(100) + 1.5 * y
+    assert dauc_interval(y, ref, ref) == (0.0, 0.0)  # paired: the same clips for both, no drift, no width
+    var = ref + 0.5 * rng.standard_normal(100)
+    lo, hi = dauc_interval(y, ref, var, seed=3)
+    assert dauc_interval(y, ref, var, seed=3) == (lo, hi) and dauc_interval(y, ref, var, seed=4) != (lo, hi)
+    d = roc_auc(y, var) - roc_auc(y, ref)
+    assert lo < d < hi and 0.01 < hi - lo < 0.2
+
+
+def test_compare_reports_score_level_figures_and_decisions():
+    y = np.r_[np.ones(8), np.zeros(8)]
+    ref = np.r_[np.linspace(1.25, 2.0, 8), np.linspace(0.5, 1.2, 8)]  # anomalies score higher
+    var = ref * np.r_[np.ones(15), 1.1]  # one normal clip moves 10 %: over the 1.3 threshold, past one anomaly
+    res = compare(_scored(ref, y, threshold=1.3), _scored(var, y, threshold=1.3), 0.01, DEFAULT_SCORE_BUDGETS["fp16"])
+    e = res["machines"]["fan/id_00"]
+    assert e["n"] == 16 and e["n_anomalous"] == 8
+    assert e["max_rel_error"] == pytest.approx(0.1) and e["decision_flips"] == 1 and e["decision_agreement"] == pytest.approx(15 / 16)
+    assert e["dauc"] == pytest.approx(-1 / 64) and e["over_budget"]  # one swapped pair
+    assert e["score_over_budget"] and res["score_over_budget"] == ["fan/id_00"]
+    assert e["dauc_ci"][0] <= e["dauc"] <= e["dauc_ci"][1]
+    small = compare(_scored(ref, y), _scored(var, y), 0.01, DEFAULT_SCORE_BUDGETS["int8"], size_adjusted=True)["machines"]["fan/id_00"]
+    assert small["budget"] == size_adjusted_budget(0.01, 8, 8) == 1 / 64 and not small["over_budget"]
+    assert not small["score_over_budget"]  # 10 % is within INT8's 25 %
+    table = format_report({"onnxruntime-int8": res})
+    assert "95% CI" in table and "max rel" in table and "8+8" in table and "OVER BUDGET  SCORE DRIFT" in table
+
+
+def test_reference_set_size_is_settable(tiny_synth, tiny_run):
+    from mtad.export.reference_set import build_reference_set
+    from mtad.train.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(tiny_run)
+    machines, window = ckpt["class_map"], ckpt["config"]["model"]["window"]
+    ref = build_reference_set(tiny_synth, machines, window, per_class=3)
+    for m in machines:
+        mine = ref["labels"][ref["machines"] == m]
+        assert (mine == 0).sum() == 3 and (mine == 1).sum() == 3
+    assert ref["audio"].shape[1] == (window + 8) * 512  # just enough audio for the model, by default
+
+
+def test_device_parity_json_has_intervals_and_size_suited_budgets(tiny_bundle, tmp_path):
+    from mtad.export.parity_cli import main as parity_main
+
+    manifest = yaml.safe_load((tiny_bundle / "manifest.yaml").read_text())
+    rec = manifest["reference"]
+    assert rec["bytes"] > 0 and all(n0 >= 1 and n1 >= 1 for n0, n1 in rec["normal_anomalous_per_machine"].values())
+    res = CliRunner().invoke(parity_main, ["--bundle", str(tiny_bundle), "--json", str(tmp_path / "p.json"), "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert "95% CI" in res.output and "lowest rho" in res.output
+    out = json.loads((tmp_path / "p.json").read_text())
+    assert out["score_budgets"]["int8"] == DEFAULT_SCORE_BUDGETS["int8"]
+    for name, v in out["variants"].items():
+        assert v["size_adjusted"] and v["ci"]["seed"] == 0
+        for m, e in v["machines"].items():
+            n0, n1 = rec["normal_anomalous_per_machine"][m]
+            assert e["budget"] == pytest.approx(max(out["budgets"][name.split("-")[-1]], 1 / (n0 * n1)))
+            assert e["dauc_ci"][0] <= e["dauc"] <= e["dauc_ci"][1]
+            assert e["spearman"] is None or -1 <= e["spearman"] <= 1
