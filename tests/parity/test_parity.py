@@ -16,7 +16,7 @@ from sklearn.metrics import roc_auc_score
 
 from mtad.edge_runtime.hashing import sha256_file
 from mtad.edge_runtime.constants import DEFAULT_BUDGETS
-from mtad.edge_runtime.parity import DEFAULT_SCORE_BUDGETS, roc_auc
+from mtad.edge_runtime.parity import roc_auc
 from mtad.export.parity import device_parity, full_parity
 from mtad.export.parity_cli import EXIT_OVER_BUDGET
 from mtad.export.parity_cli import main as parity_main
@@ -31,8 +31,13 @@ def rehash(bundle, rel):
     (bundle / "manifest.yaml").write_text(yaml.safe_dump(m, sort_keys=False))
 
 
-def test_every_variant_within_budget_on_synthetic_test_clips(tiny_run, tiny_bundle, tiny_synth):
-    results, skipped, reference, scored = full_parity(tiny_run, tiny_bundle, tiny_synth, DEFAULT_BUDGETS, progress=False, log=lambda m: None)
+@pytest.fixture(scope="module")
+def healthy_parity(tiny_run, tiny_bundle, tiny_synth):
+    return full_parity(tiny_run, tiny_bundle, tiny_synth, DEFAULT_BUDGETS, progress=False, log=lambda m: None)
+
+
+def test_every_variant_within_budget_on_synthetic_test_clips(healthy_parity):
+    results, skipped, reference, scored = healthy_parity
     assert set(results) == {"onnxruntime-fp32", "onnxruntime-fp16", "onnxruntime-int8"}
     assert "tensorrt" in skipped  # no TensorRT here: the row says why
     for name, res in results.items():
@@ -79,7 +84,7 @@ def test_wrong_normalisation_in_bundle_is_caught(tiny_run, tiny_bundle, tiny_syn
     assert "OVER BUDGET" in res.output and "onnxruntime-fp32" in res.output.split("OVER BUDGET")[-1]
 
 
-def test_corrupted_int8_scales_are_caught(tiny_run, tiny_bundle, tiny_synth, tmp_path):
+def test_corrupted_int8_scales_are_caught(tiny_run, tiny_bundle, tiny_synth, tmp_path, healthy_parity):
     """A Q/DQ scale mismatch: the input's DequantizeLinear reads a scale 2.5x its QuantizeLinear's,
     so the INT8 model sees a rescaled spectrogram while its tensors still look plausible."""
     broken = tmp_path / "broken"
@@ -97,7 +102,8 @@ def test_corrupted_int8_scales_are_caught(tiny_run, tiny_bundle, tiny_synth, tmp
     # the tiny model separates its test clips perfectly, so the AUC cannot move; the scores do
     int8 = results["onnxruntime-int8"]
     assert int8["over_budget"] or int8["score_over_budget"], "a Q/DQ scale mismatch must push INT8 over budget"
-    assert int8["max_rel_error"] > DEFAULT_SCORE_BUDGETS["int8"]["max_rel_error"]
+    healthy = healthy_parity[0]["onnxruntime-int8"]
+    assert int8["max_rel_error"] > 3 * healthy["max_rel_error"]  # the scores drift far more than honest INT8 noise
     assert results["onnxruntime-fp32"]["over_budget"] == [] and results["onnxruntime-fp32"]["score_over_budget"] == []
 
 

@@ -43,13 +43,15 @@ def test_compare_reports_score_level_figures_and_decisions():
     res = compare(_scored(ref, y, threshold=1.3), _scored(var, y, threshold=1.3), 0.01, DEFAULT_SCORE_BUDGETS["fp16"])
     e = res["machines"]["fan/id_00"]
     assert e["n"] == 16 and e["n_anomalous"] == 8
-    assert e["max_rel_error"] == pytest.approx(0.1) and e["decision_flips"] == 1 and e["decision_agreement"] == pytest.approx(15 / 16)
+    assert e["max_rel_error"] == pytest.approx(0.12 / ref.std()) and e["max_rel_error"] > 0.25  # the clip moved 0.12, a quarter of the spread
+    assert e["decision_flips"] == 1 and e["decision_agreement"] == pytest.approx(15 / 16)
     assert e["dauc"] == pytest.approx(-1 / 64) and e["over_budget"]  # one swapped pair
     assert e["score_over_budget"] and res["score_over_budget"] == ["fan/id_00"]
     assert e["dauc_ci"][0] <= e["dauc"] <= e["dauc_ci"][1]
-    small = compare(_scored(ref, y), _scored(var, y), 0.01, DEFAULT_SCORE_BUDGETS["int8"], size_adjusted=True)["machines"]["fan/id_00"]
+    nudged = ref + np.r_[np.zeros(15), 0.05]  # a tenth of the spread: ties one anomaly, within INT8's 25 %
+    small = compare(_scored(ref, y), _scored(nudged, y), 0.01, DEFAULT_SCORE_BUDGETS["int8"], size_adjusted=True)["machines"]["fan/id_00"]
     assert small["budget"] == size_adjusted_budget(0.01, 8, 8) == 1 / 64 and not small["over_budget"]
-    assert not small["score_over_budget"]  # 10 % is within INT8's 25 %
+    assert small["max_rel_error"] == pytest.approx(0.05 / ref.std()) and not small["score_over_budget"]
     table = format_report({"onnxruntime-int8": res})
     assert "95% CI" in table and "max rel" in table and "8+8" in table and "OVER BUDGET  SCORE DRIFT" in table
 
