@@ -39,6 +39,25 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _mode_for(path: Path) -> int:
+    """Permissions for the file replacing ``path``: the old file's, or the umask's default.
+    (mkstemp creates 0600, which would lock a service user out of a bundle written by root.)"""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    try:  # Linux: read it; setting and restoring it would race with other threads creating files
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return umask
+
+
 def _fsync_file(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -62,6 +81,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", **open_kwargs: Any) 
     prefix, suffix = _temp_name(path)
     fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     try:
+        os.fchmod(fd, _mode_for(path))
         with open(fd, mode, **open_kwargs) as f:
             yield f
             f.flush()
@@ -85,6 +105,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(name)
     try:
         yield tmp
+        os.chmod(tmp, _mode_for(path))  # the library may have replaced the file it was given
         _fsync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
@@ -126,7 +147,7 @@ def replace_dir(new: str | os.PathLike, target: str | os.PathLike) -> None:
     even if the process is killed here. Elsewhere two renames leave a window of microseconds
     in which ``target`` is missing (the old one then survives as ``.<name>.old-<pid>``).
     """
-    new, target = Path(new), Path(target)
+    new, target = Path(new), Path(target).resolve()  # a symlinked bundle: swap the directory it points to
     if not target.exists():
         os.replace(new, target)
     elif _exchange(new, target):

@@ -286,7 +286,7 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
 
     first = next((arrays[f"type/{t}/norm_mean"] for t in types if "norm_mean" in types[t]), None)
     n_bins = n_mels if n_mels is not None else (None if first is None else first.shape[0])
-    for t in sorted({m.split("/")[0] for m in everyone}):
+    for t in sorted({m.split("/")[0] for m in everyone} | set(types)):  # every type with any array needs its normalisation
         for n in ("norm_mean", "norm_std"):
             if n not in types.get(t, ()):
                 fail(f"type/{t}/{n}", "missing")

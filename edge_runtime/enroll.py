@@ -14,6 +14,8 @@ Every enrollment writes a new revision of the bundle; the previous ``manifest.ya
 
 from __future__ import annotations
 
+import contextlib
+
 import datetime as dt
 import os
 import shutil
@@ -131,8 +133,28 @@ def check_enrollable(bundle: Bundle, machine: str) -> str:
     return machine_type
 
 
+@contextlib.contextmanager
+def bundle_lock(bundle_dir: str | Path):
+    """One enroll or rollback at a time per bundle: each reads the bundle, then replaces it, and
+    a second one in between would silently undo the first."""
+    import fcntl
+
+    root = Path(bundle_dir).resolve()
+    with open(root.parent / f".{root.name}.lock", "a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{bundle_dir}: another mtad-edge enroll or rollback is changing this bundle; try again when it ends") from None
+        yield
+
+
 def enroll(bundle_dir: str | Path, machine: str, paths: list[Path], segment_seconds: float = SEGMENT_SECONDS, log=print) -> EnrollResult:
     """Fit ``machine`` (``type/id``) from normal audio files and write it into the bundle as a new revision."""
+    with bundle_lock(bundle_dir):
+        return _enroll(bundle_dir, machine, paths, segment_seconds, log)
+
+
+def _enroll(bundle_dir, machine, paths, segment_seconds, log) -> EnrollResult:
     bundle = load_bundle(bundle_dir)
     stats = bundle.stats
     machine_type = check_enrollable(bundle, machine)
@@ -246,6 +268,11 @@ def write_revision(bundle: Bundle, new_stats: ScoringStats, record: dict, refere
 
 def rollback(bundle_dir: str | Path) -> int:
     """Restore the bundle's previous revision; returns the revision now in force."""
+    with bundle_lock(bundle_dir):
+        return _rollback(bundle_dir)
+
+
+def _rollback(bundle_dir) -> int:
     bundle = load_bundle(bundle_dir)
     root = bundle.root
     revision = int(bundle.manifest.get("revision", 0))

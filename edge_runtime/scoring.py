@@ -106,7 +106,7 @@ class SpectralStats:
         bands = _n_bands(n_mels, SPECTRAL_BAND)
         self.d_sum, self.d_sq, self.n_d = np.zeros(bands), np.zeros(bands), 0
         self.last_band: np.ndarray | None = None
-        self.coarse: list[np.ndarray] = []  # (modulation bands, t) per chunk: 64 bytes per frame
+        self.coarse: list[np.ndarray] = []  # (modulation bands, t) float32 per chunk: 64 bytes a frame, ~7 MB an hour
 
     def add(self, logmel: np.ndarray) -> None:
         x = logmel.astype(np.float64)
@@ -123,7 +123,7 @@ class SpectralStats:
         self.d_sq += (d * d).sum(axis=1)
         self.n_d += d.shape[1]
         self.last_band = bands[:, -1:]
-        self.coarse.append(band_mean(x, MODULATION_BAND))
+        self.coarse.append(band_mean(x, MODULATION_BAND).astype(np.float32))
 
     def vector(self) -> np.ndarray:
         if self.n < 2:
@@ -132,11 +132,13 @@ class SpectralStats:
         std = np.sqrt(np.maximum(self.sq / self.n - mean * mean, 0.0))
         d_mean = self.d_sum / self.n_d
         delta = np.log(np.sqrt(np.maximum(self.d_sq / self.n_d - d_mean * d_mean, 0.0)) + LOG_EPS)
-        coarse = np.concatenate(self.coarse, axis=1)
+        coarse = np.concatenate(self.coarse, axis=1).astype(np.float64)
         power = np.abs(np.fft.rfft(coarse - coarse.mean(axis=1, keepdims=True), axis=1)) ** 2 / coarse.shape[1]
         freqs = np.fft.rfftfreq(coarse.shape[1], 1.0 / FRAME_RATE)
         edges = MODULATION_EDGES_HZ
-        modulation = np.stack([power[:, (freqs >= lo) & (freqs < hi)].mean(axis=1) for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+        # a clip too short to resolve a range (under ~16 frames) gets no power there, not NaN
+        modulation = np.stack([power[:, sel].mean(axis=1) if sel.any() else np.zeros(len(power))
+                               for sel in ((freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:]))], axis=1)
         return np.concatenate([band_mean(mean, SPECTRAL_BAND), band_mean(std, SPECTRAL_BAND), delta, np.log(modulation + LOG_EPS).ravel()])
 
 

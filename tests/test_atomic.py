@@ -105,3 +105,40 @@ def test_sweep_stale_removes_only_dead_writers(tmp_path):
     removed = sweep_stale(tmp_path, ".b.tmp-")
     assert [p.name for p in removed] == [f".b.tmp-{dead_pid}"]
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([f".b.tmp-{os.getpid()}", ".b.tmp-notapid"])
+
+
+def test_written_files_get_normal_permissions_not_mkstemps_0600(tmp_path):
+    """A bundle written by root must stay readable by the service user (mkstemp makes 0600)."""
+    import os
+
+    from mtad.edge_runtime.atomic import atomic_path, atomic_write
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "new.json", "w") as f:
+            f.write("{}")
+        with atomic_path(tmp_path / "new.npz") as p:
+            p.write_bytes(b"x")
+        assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o644
+        assert (tmp_path / "new.npz").stat().st_mode & 0o777 == 0o644
+        (tmp_path / "kept").write_text("old")
+        os.chmod(tmp_path / "kept", 0o640)
+        with atomic_write(tmp_path / "kept", "w") as f:
+            f.write("new")
+        assert (tmp_path / "kept").stat().st_mode & 0o777 == 0o640  # an existing file keeps its mode
+    finally:
+        os.umask(umask)
+
+
+def test_replace_dir_through_a_symlink_swaps_the_directory_it_points_to(tmp_path):
+    from mtad.edge_runtime.atomic import replace_dir
+
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v1" / "a").write_text("old")
+    (tmp_path / "bundle").symlink_to(tmp_path / "v1")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "a").write_text("new")
+    replace_dir(new, tmp_path / "bundle")
+    assert (tmp_path / "bundle").is_symlink() and (tmp_path / "bundle" / "a").read_text() == "new"
+    assert not new.exists()

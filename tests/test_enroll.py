@@ -18,6 +18,7 @@ from sklearn.metrics import roc_auc_score
 from mtad.edge_runtime.bundle import load_bundle
 from mtad.edge_runtime.cli import main as edge_main
 from mtad.edge_runtime.enroll import min_clips
+from mtad.edge_runtime.errors import BundleError, ConfigError
 
 from .conftest import REPO
 
@@ -167,3 +168,15 @@ def test_mic_enrollment_records_to_files_first(held_out_id, tmp_path):
     assert not list((tmp_path / "rec").glob("*.tmp.wav"))
     res = CliRunner().invoke(edge_main, ["enroll", "--bundle", str(bundle), "--machine", "fan/id_04", "--seconds-per-clip", "4", str(tmp_path / "rec")])
     assert res.exit_code == 0 and "from 21 clip(s)" in res.output, res.output  # 3 x 30 s in 4 s clips (the 2 s remainders are dropped)
+
+
+def test_a_second_enroll_or_rollback_on_the_same_bundle_is_refused_while_one_runs(tmp_path):
+    from mtad.edge_runtime.enroll import bundle_lock, rollback
+
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    with bundle_lock(bundle):
+        with pytest.raises(ConfigError, match="another mtad-edge enroll or rollback"):
+            rollback(bundle)
+    with pytest.raises(BundleError):  # free again: now it reaches the (empty) bundle itself
+        rollback(bundle)

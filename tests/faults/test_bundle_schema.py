@@ -75,6 +75,7 @@ def test_symlink_out_of_the_bundle_is_refused_even_with_matching_hash(fault_bund
     (lambda a: a.update(task=np.array("segment")), r"task: 'segment' is not one of multitask, recon, classify"),
     (lambda a: a.update({"centre|recon|fan/id_00": np.full(4, np.nan)}), r"centre\|recon\|fan/id_00: holds NaN"),
     (lambda a: a.update(class_map=a["class_map"][::-1]), r"stats\.npz: class_map .* differs from the manifest's"),
+    (lambda a: a.update({"type/drill/final_mean": np.zeros(2)}), r"type/drill/norm_mean: missing"),  # a type without normalisation
 ])
 def test_stats_refusals_name_the_array(fault_bundle, tmp_path, change, message):
     b = _copy(fault_bundle, tmp_path / "b")
