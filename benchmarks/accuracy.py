@@ -28,6 +28,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 from mtad.edge_runtime import scoring
+from mtad.edge_runtime.atomic import atomic_write
 from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.train.baseline import baseline_aucs
@@ -224,13 +225,16 @@ def main() -> None:
         else:
             data = synthesise(args.out, seed, args.test)
             per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, variants, args.preset, args.epochs, done)
-            cache.write_text(json.dumps(per_seed[seed]))
+            with atomic_write(cache, "w") as f:  # a killed run must not leave a cut-off cache
+                f.write(json.dumps(per_seed[seed]))
             per_seed[seed] = {k: per_seed[seed][k] for k in [BASELINE] + wanted}
         print(f"seed {seed}: " + ", ".join(f"{k[:24]} {np.mean([v[0] for v in d.values()]):.3f}" for k, d in per_seed[seed].items()), flush=True)
     summary = summarise(per_seed)
     text = render(summary)
-    (args.out / f"{args.name}.md").write_text(text + "\n")
-    (args.out / f"{args.name}.json").write_text(json.dumps(summary, indent=1, default=float))
+    with atomic_write(args.out / f"{args.name}.md", "w") as f:
+        f.write(text + "\n")
+    with atomic_write(args.out / f"{args.name}.json", "w") as f:
+        f.write(json.dumps(summary, indent=1, default=float))
     print(text)
 
 

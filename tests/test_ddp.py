@@ -97,14 +97,26 @@ def test_nproc_launches_torchrun_with_the_other_flags(monkeypatch, tmp_path):
     import mtad.train.distributed as distributed
     from mtad.train.cli import main
 
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
     calls = []
-    monkeypatch.setattr(distributed.subprocess, "call", lambda cmd: calls.append(cmd) or 0)
+    monkeypatch.setattr(torchrun, "run", lambda args: calls.append(args))
     argv = ["--data", "d", "--nproc", "3", "--out", str(tmp_path / "o"), "--preset", "tiny", "--loader-workers", "2"]
     monkeypatch.setattr(sys, "argv", ["mtad-train", *argv])
     res = CliRunner().invoke(main, argv)
     assert res.exit_code == 0, res.output
-    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=3", "-m", "mtad.train.cli",
-                      "--data", "d", "--out", str(tmp_path / "o"), "--preset", "tiny", "--loader-workers", "2"]]
+    (args,) = calls
+    assert args.standalone and args.nproc_per_node == "3" and args.module and args.training_script == "mtad.train.cli"
+    assert args.training_script_args == ["--data", "d", "--out", str(tmp_path / "o"), "--preset", "tiny", "--loader-workers", "2"]
+    assert distributed.torchrun_command(3, ["--data", "d"])[3:] == ["--standalone", "--nproc-per-node=3", "-m", "mtad.train.cli", "--data", "d"]
+
+    def failing(args):  # what torchrun raises when a rank exits non-zero: one line, no traceback
+        raise ChildFailedError("mtad.train.cli", {1: ProcessFailure(local_rank=1, pid=4242, exitcode=1, error_file="")})
+
+    monkeypatch.setattr(torchrun, "run", failing)
+    res = CliRunner().invoke(main, argv)
+    assert res.exit_code == 1 and res.output == "error: distributed training stopped: rank 1 exited with code 1 (its own error line is above)\n"
     monkeypatch.setattr(sys, "argv", ["mtad-train", "--nproc", "0", "--data", "d", "--out", "o"])
     res = CliRunner().invoke(main, ["--nproc", "0", "--data", "d", "--out", "o"])
     assert res.exit_code == 1 and res.output.startswith("error: --nproc must be >= 1")

@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import shutil
-import subprocess
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
@@ -54,6 +52,9 @@ def setup(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Context()
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if v not in os.environ]
+    if missing:
+        raise ConfigError(f"WORLD_SIZE={world} but {', '.join(missing)} not set: start distributed runs with torchrun (or mtad-train --nproc N)")
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if timeout_s <= 0:
         raise ConfigError(f"--timeout must be > 0 seconds, got {timeout_s}")
@@ -128,6 +129,16 @@ def launch(nproc: int, args: list[str]) -> int:
     """Run ``mtad-train ARGS`` in ``nproc`` processes on this node through torchrun; its exit code."""
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
-    if shutil.which(sys.executable) is None:
-        raise ConfigError(f"cannot find the Python interpreter {sys.executable} to start torchrun")
-    return subprocess.call(torchrun_command(nproc, args))
+    # torchrun in this process rather than as a command: its entry point re-raises a failed
+    # rank's ChildFailedError as a traceback; each rank has already said why in one line.
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
+
+    try:
+        run(parse_args(torchrun_command(nproc, args)[3:]))
+    except ChildFailedError as exc:
+        failures = sorted(exc.failures.values(), key=lambda f: getattr(f, "timestamp", 0))
+        first = failures[0] if failures else None
+        where = f"rank {first.local_rank} exited with code {first.exitcode}" if first is not None else "a rank failed"
+        raise DistributedError(f"distributed training stopped: {where} (its own error line is above)") from None
+    return 0

@@ -214,7 +214,12 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
     """
     if loader_workers < 0:
         raise ConfigError(f"--loader-workers must be >= 0, got {loader_workers}")
+    if timeout <= 0:
+        raise ConfigError(f"--timeout must be > 0 seconds, got {timeout}")
     ctx = distributed.setup(resolve_device(cfg.train.device), timeout)
+    if cfg.train.batch_size < ctx.world:
+        distributed.shutdown(ctx)
+        raise ConfigError(f"batch_size {cfg.train.batch_size} is the global batch: it must be at least the {ctx.world} ranks")
     try:
         return _train_run(data, out, cfg, resume, progress and ctx.is_main, cache_dir, log if ctx.is_main else (lambda m: None),
                           ctx, workers, loader_workers, channels_last, compile)
@@ -332,14 +337,13 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
             raise distributed.DistributedError(f"rank {ctx.rank}: rank 0 could not write the checkpoint, so every rank stops")
         if progress:
             log(f"epoch {epoch + 1}/{tcfg.epochs}: loss {mean[0]:.4f} (recon {mean[1]:.4f}, class {mean[2]:.4f}) in {history[-1]['seconds']:.1f}s")
-    if not ctx.is_main:  # rank 0 alone plots and fits the scoring statistics
-        distributed.barrier(ctx, "waiting for rank 0 to finish the run")
+    if not ctx.is_main:  # rank 0 alone plots and fits the scoring statistics; the others are done
+        # (no barrier: a collective held while rank 0 scores clips would be cut off by --timeout)
         return TrainResult(out, history, None, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
     plot_losses(out, history)
 
     stats = fit_run_stats(TorchRunner(model, device), store, train_idx, stats_idx, norms, mcfg, tcfg, class_map, progress, log)
     stats.save(out / STATS)
     write_split(out, store, stats_idx, tcfg.stats_holdout, tcfg.seed)
-    distributed.barrier(ctx, "releasing the other ranks")
     return TrainResult(out, history, stats, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
 
