@@ -42,9 +42,7 @@ class _ClipSums:
         self.x = np.zeros((n_mels, 0), np.float32)  # normalised frames from frame self.x_offset on
         self.x_offset = 0
         self.next_start = 0  # next regular window start
-        self.spectral = SpectralStats(n_mels)
-        self.mel_sum = np.zeros(n_mels)
-        self.mel_sq = np.zeros(n_mels)
+        self.spectral = SpectralStats(n_mels)  # also holds the per-bin log-mel sums
         self.err_sq = np.zeros(n_mels)  # per-bin sum of squared next-frame error
         self.pending: tuple[int, np.ndarray] | None = None  # (start, residual) of the last regular window
         self.logits: list[np.ndarray] = []
@@ -73,10 +71,7 @@ class _ClipSums:
         keep = (first + n) * self.hop - self.padded_offset  # the next frame starts here
         self.padded_offset += keep
         self.padded = self.padded[keep:]
-        m64 = mel.astype(np.float64)
-        self.spectral.add(m64)
-        self.mel_sum += m64.sum(axis=1)
-        self.mel_sq += (m64 * m64).sum(axis=1)
+        self.spectral.add(mel)
         self.x = np.concatenate([self.x, self.norm.apply(mel)], axis=1)
         self.times["frontend"] += time.perf_counter() - t0
         self._regular_windows()
@@ -150,8 +145,7 @@ class _ClipSums:
         # std, mean unit embedding (embedding_vector); the spectral vector comes from its own
         # running sums (SpectralStats).
         residual = np.sqrt(self.err_sq / n_scored)[:, None]
-        mean = self.mel_sum / T
-        std = np.sqrt(np.maximum(self.mel_sq / T - mean * mean, 0.0))
+        mean, std = self.spectral.mean_std()
         logmel = np.stack([mean - std, mean + std], axis=1)
         embedding = None if self.emb_sum is None else (self.emb_sum / sum(len(x) for x in self.logits))[None, :]
         return ClipEvidence(residual, np.concatenate(self.logits), logmel, embedding, self.spectral.vector()), self.times

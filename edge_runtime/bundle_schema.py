@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 from .constants import PRECISIONS, TASKS, VARIANT_KINDS
 from .errors import BundleError
 from .hashing import sha256_bytes, sha256_file
-from .scoring import COMPONENTS, RECON_BAND, SCORINGS, spectral_dim, uses_mse
+from .scoring import COMPONENTS, RECON_BAND, SCORINGS, n_bands, spectral_dim, uses_mse
 
 STATS = "stats.npz"
 ENGINE_DIGEST = "engine_sha256"  # the key file field that pins a device-built engine's bytes
@@ -205,10 +205,6 @@ def read_stats_arrays(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def _bands(n: int, width: int) -> int:
-    return -(-n // width)
-
-
 def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None, where: str | Path = STATS) -> None:
     """Keys, dtypes, finiteness and shapes of ``ScoringStats`` arrays; :class:`BundleError`
     naming the array. With ``n_mels``, per-bin arrays must have that many bins."""
@@ -307,7 +303,7 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
                 fail(f"type/{t}/{n}", f"missing (paper scoring of a {task} model)")
         return
 
-    dims = {"recon": _bands(n_bins, RECON_BAND) if n_bins else None, "spectral": spectral_dim(n_bins) if n_bins else None}
+    dims = {"recon": n_bands(n_bins, RECON_BAND) if n_bins else None, "spectral": spectral_dim(n_bins) if n_bins else None}
     embed_dims = {v.shape[0] for k, v in tables["centre"].items() if k.startswith("embed|")}
     if len(embed_dims) > 1:
         fail("centre|embed", f"embedding centres differ in size ({sorted(embed_dims)})")

@@ -63,15 +63,10 @@ class EnrollResult:
     warnings: list[str] = field(default_factory=list)
 
 
-MIN_ENROLL_CLIPS = 16  # 160 s of 10 s segments
-
-
-def min_clips(stats: ScoringStats, machine_type: str) -> int:
-    """Fewest enrollment clips accepted. A centre estimated from ``n`` clips adds about
-    ``dim / n`` to a normal clip's squared distance (about ``dim``), a relative ``1 / n`` whatever
-    the dimension; ``MIN_ENROLL_CLIPS`` keeps that near 6 %, and calibration needs at least
-    ``MIN_CALIBRATION_CLIPS``."""
-    return max(MIN_CALIBRATION_CLIPS, MIN_ENROLL_CLIPS)
+# Fewest enrollment clips accepted (160 s of 10 s segments). A centre estimated from n clips
+# adds about dim / n to a normal clip's squared distance (about dim), a relative 1 / n whatever
+# the dimension: 16 keeps that near 6 %, and is well above MIN_CALIBRATION_CLIPS.
+MIN_ENROLL_CLIPS = max(16, MIN_CALIBRATION_CLIPS)
 
 
 def segments(audio: np.ndarray, sample_rate: int, seconds: float, min_samples: int) -> list[np.ndarray]:
@@ -174,7 +169,7 @@ def _enroll(bundle_dir, machine, paths, segment_seconds, log) -> EnrollResult:
             evidence.append(ev)
             ref_audio.append(seg)
             seconds += len(seg) / sr
-    need = min_clips(stats, machine_type)
+    need = MIN_ENROLL_CLIPS
     if len(evidence) < need:
         raise AudioError(f"{machine}: {len(evidence)} clip(s) of enrollment audio ({seconds:.0f} s) are too few: need >= {need} clips of "
                          f"{segment_seconds:g} s ({need * segment_seconds:.0f} s of normal operation)")

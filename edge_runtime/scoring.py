@@ -87,13 +87,14 @@ MODULATION_EDGES_HZ = (0.5, 2.0, 4.0, 8.0, FRAME_RATE / 2)
 MODULATION_BAND = 8  # mel bins pooled per band for the modulation spectrum: 128 -> 16 bands
 
 
-def _n_bands(n_bins: int, width: int) -> int:
+def n_bands(n_bins: int, width: int) -> int:
+    """How many bands :func:`band_mean` makes of ``n_bins`` bins."""
     return -(-n_bins // width)
 
 
 def spectral_dim(n_mels: int) -> int:
     """Length of :func:`spectral_vector` for ``n_mels`` bins."""
-    return 3 * _n_bands(n_mels, SPECTRAL_BAND) + (len(MODULATION_EDGES_HZ) - 1) * _n_bands(n_mels, MODULATION_BAND)
+    return 3 * n_bands(n_mels, SPECTRAL_BAND) + (len(MODULATION_EDGES_HZ) - 1) * n_bands(n_mels, MODULATION_BAND)
 
 
 class SpectralStats:
@@ -103,7 +104,7 @@ class SpectralStats:
     def __init__(self, n_mels: int):
         self.n = 0
         self.sum, self.sq = np.zeros(n_mels), np.zeros(n_mels)
-        bands = _n_bands(n_mels, SPECTRAL_BAND)
+        bands = n_bands(n_mels, SPECTRAL_BAND)
         self.d_sum, self.d_sq, self.n_d = np.zeros(bands), np.zeros(bands), 0
         self.last_band: np.ndarray | None = None
         self.coarse: list[np.ndarray] = []  # (modulation bands, t) float32 per chunk: 64 bytes a frame, ~7 MB an hour
@@ -125,11 +126,15 @@ class SpectralStats:
         self.last_band = bands[:, -1:]
         self.coarse.append(band_mean(x, MODULATION_BAND).astype(np.float32))
 
+    def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-bin mean and population std of the log-mel fed so far."""
+        mean = self.sum / self.n
+        return mean, np.sqrt(np.maximum(self.sq / self.n - mean * mean, 0.0))
+
     def vector(self) -> np.ndarray:
         if self.n < 2:
             raise ValueError("spectral statistics need at least 2 frames")
-        mean = self.sum / self.n
-        std = np.sqrt(np.maximum(self.sq / self.n - mean * mean, 0.0))
+        mean, std = self.mean_std()
         d_mean = self.d_sum / self.n_d
         delta = np.log(np.sqrt(np.maximum(self.d_sq / self.n_d - d_mean * d_mean, 0.0)) + LOG_EPS)
         coarse = np.concatenate(self.coarse, axis=1).astype(np.float64)
