@@ -116,3 +116,6 @@ class ListSink:
 
     def write(self, record):
         self.lines.append(record)
+
+    def windows(self):
+        return [r for r in self.lines if r.get("type") == "window"]

@@ -43,3 +43,14 @@ def _write_summary(tmp_path_factory):
 def pytest_terminal_summary(terminalreporter):
     if TALLY:
         terminalreporter.write_line("fault injection: " + ", ".join(f"{k} {v}" for k, v in sorted(TALLY.items())))
+
+
+@pytest.fixture(scope="session")
+def scorer(fault_bundle):
+    """The torch-free edge scorer on ``fault_bundle`` (FP32 ONNX on the CPU); under tests/faults
+    it stands in for the suite-wide ``scorer`` on ``tiny_bundle``."""
+    from mtad.edge_runtime.bundle import load_bundle
+    from mtad.edge_runtime.pipeline import EdgeScorer
+
+    bundle = load_bundle(fault_bundle)
+    return EdgeScorer(bundle, bundle.onnx_runner("fp32", "CPUExecutionProvider"))

@@ -8,32 +8,12 @@ import threading
 import time
 
 import numpy as np
-import pytest
 
-from mtad.edge_runtime.bundle import load_bundle
 from mtad.edge_runtime.fleet import FanoutSink, MetricsSink, MqttConfig, MqttPublisher, MqttSink
 from mtad.edge_runtime.mic import run_microphone
-from mtad.edge_runtime.pipeline import EdgeScorer
 from tests.faults.conftest import TALLY
-from tests.mic_sim import SimulatedPyAudio
+from tests.mic_sim import ListSink, SimulatedPyAudio
 from tests.mqtt_broker import Mosquitto, Subscriber
-
-
-class ListSink:
-    def __init__(self):
-        self.lines = []
-
-    def write(self, record):
-        self.lines.append(record)
-
-    def windows(self):
-        return [r for r in self.lines if r.get("type") == "window"]
-
-
-@pytest.fixture(scope="module")
-def scorer(fault_bundle):
-    bundle = load_bundle(fault_bundle)
-    return EdgeScorer(bundle, bundle.onnx_runner("fp32", "CPUExecutionProvider"))
 
 
 def _outage(broker, lines, down_after, up_after, log):

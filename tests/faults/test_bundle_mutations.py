@@ -233,24 +233,24 @@ def mutate_stats(b: Path, draw) -> str:
     return kind
 
 
+def _mutated_outcome(fault_bundle, fault_clip, mutate, area: str, draw) -> None:
+    """Mutate a fresh copy of the bundle with ``mutate``, tally it, and check how it ends."""
+    with tempfile.TemporaryDirectory() as tmp:
+        b = _copy(fault_bundle, Path(tmp) / "b")
+        TALLY[f"{area}/{mutate(b, draw)}"] += 1
+        _outcome(b, fault_clip, TALLY["mutations tried"])
+
+
 @SETTINGS
 @given(data=st.data())
 def test_manifest_mutations_end_in_one_line(fault_bundle, fault_clip, data):
-    with tempfile.TemporaryDirectory() as tmp:
-        b = _copy(fault_bundle, Path(tmp) / "b")
-        kind = mutate_manifest(b, data.draw)
-        TALLY[f"manifest/{kind}"] += 1
-        _outcome(b, fault_clip, TALLY["mutations tried"])
+    _mutated_outcome(fault_bundle, fault_clip, mutate_manifest, "manifest", data.draw)
 
 
 @SETTINGS
 @given(data=st.data())
 def test_stats_mutations_end_in_one_line(fault_bundle, fault_clip, data):
-    with tempfile.TemporaryDirectory() as tmp:
-        b = _copy(fault_bundle, Path(tmp) / "b")
-        kind = mutate_stats(b, data.draw)
-        TALLY[f"stats/{kind}"] += 1
-        _outcome(b, fault_clip, TALLY["mutations tried"])
+    _mutated_outcome(fault_bundle, fault_clip, mutate_stats, "stats", data.draw)
 
 
 def test_unmutated_bundle_loads(fault_bundle, fault_clip, tmp_path):

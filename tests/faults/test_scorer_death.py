@@ -10,21 +10,11 @@ import time
 import numpy as np
 import pytest
 
-from mtad.edge_runtime.bundle import load_bundle
 from mtad.edge_runtime.mic import ScorerDied, run_microphone
-from mtad.edge_runtime.pipeline import EdgeScorer
 from tests.faults.conftest import TALLY
-from tests.mic_sim import SimulatedPyAudio
+from tests.mic_sim import ListSink, SimulatedPyAudio
 
 REPO = __import__("pathlib").Path(__file__).resolve().parents[2]
-
-
-class ListSink:
-    def __init__(self):
-        self.lines = []
-
-    def write(self, record):
-        self.lines.append(record)
 
 
 class BreakingScorer:
@@ -42,12 +32,6 @@ class BreakingScorer:
         if self.calls >= self.at:
             raise self.exc
         return self.scorer.score_audio(audio, machine, name)
-
-
-@pytest.fixture(scope="module")
-def scorer(fault_bundle):
-    bundle = load_bundle(fault_bundle)
-    return EdgeScorer(bundle, bundle.onnx_runner("fp32", "CPUExecutionProvider"))
 
 
 def _tone(seconds):
