@@ -168,11 +168,22 @@ def embedding_vector(embedding: np.ndarray) -> np.ndarray:
     return unit(unit(embedding.astype(np.float64)).mean(axis=0))
 
 
-def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
-    """Upper ``1 - false_alarm_rate`` prediction bound for one *new* score, from ``n`` normal scores.
+def conformal_rank(n: int, false_alarm_rate: float) -> int | None:
+    """1-based rank ``k = ceil((n + 1)(1 - far))`` of the split-conformal threshold among ``n``
+    normal scores, or None when ``n`` is too small for the target (``k > n``)."""
+    k = int(np.ceil((n + 1) * (1 - false_alarm_rate) - 1e-9))
+    return k if k <= n else None
 
-    ``mean + std * sqrt(1 + 1/n) * t_{n-1}(1 - far)``: under normality a new normal exceeds it
-    with probability ``far`` exactly, which accounts for estimating mean and std from few clips.
+
+def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
+    """A threshold that one *new* normal score exceeds with probability at most ``false_alarm_rate``,
+    from ``n`` out-of-sample normal scores.
+
+    Split-conformal: the ``k``-th smallest score (:func:`conformal_rank`). If the new score and the
+    ``n`` are exchangeable, the new one exceeds it with probability ``(n + 1 - k) / (n + 1) <= far``
+    whatever their distribution; a normal-theory bound overshot the target on right-skewed scores.
+    Where ``n`` is too small for that, the fallback is the normal-theory prediction bound
+    ``mean + std * sqrt(1 + 1/n) * t_{n-1}(1 - far)``.
     """
     from scipy import stats as sstats
 
@@ -180,6 +191,9 @@ def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
     n = s.size
     if n < 2:
         raise ValueError("need at least 2 scores to set a threshold")
+    k = conformal_rank(n, false_alarm_rate)
+    if k is not None:
+        return float(np.sort(s)[k - 1])
     return float(s.mean() + s.std(ddof=1) * np.sqrt(1 + 1 / n) * sstats.t.ppf(1 - false_alarm_rate, n - 1))
 
 

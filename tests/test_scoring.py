@@ -127,6 +127,32 @@ def test_prediction_threshold_matches_t_quantile():
     assert prediction_threshold(s, 0.1) == pytest.approx(2.0 + np.std(s, ddof=1) * np.sqrt(1.2) * sstats.t.ppf(0.9, 4))
 
 
+def test_conformal_threshold_is_the_kth_order_statistic_and_falls_back_when_too_few():
+    from mtad.edge_runtime.scoring import conformal_rank
+
+    s = np.arange(19, dtype=float)[::-1]  # n = 19, far 0.1: k = ceil(20 * 0.9) = 18
+    assert conformal_rank(19, 0.1) == 18 and prediction_threshold(s, 0.1) == 17.0
+    assert conformal_rank(10, 0.1) == 10 and conformal_rank(8, 0.1) is None  # 8 clips cannot bound a 0.1 rate
+
+
+def test_conformal_threshold_holds_the_rate_on_skewed_scores_where_a_gaussian_bound_overshoots():
+    """Right-skewed scores (log-normal, as log-distances of few clips can be): the k-th order
+    statistic of 10 unseen normals keeps a new normal's exceedance at (n+1-k)/(n+1) = 1/11; the
+    Gaussian prediction bound it replaced lets through clearly more than the 0.1 target."""
+    from scipy import stats as sstats
+
+    rng = np.random.default_rng(11)
+    conformal, gaussian = [], []
+    for _ in range(600):
+        held, new = rng.lognormal(0, 1, 10), rng.lognormal(0, 1, 400)
+        conformal.append(np.mean(new > prediction_threshold(held, 0.1)))
+        gauss = held.mean() + held.std(ddof=1) * np.sqrt(1.1) * sstats.t.ppf(0.9, 9)
+        gaussian.append(np.mean(new > gauss))
+    se = np.std(conformal, ddof=1) / np.sqrt(len(conformal))
+    assert abs(np.mean(conformal) - 1 / 11) < 3 * se, (np.mean(conformal), se)
+    assert np.mean(gaussian) > 0.1 + 5 * se, np.mean(gaussian)
+
+
 def test_gamma_threshold_gives_target_false_alarm_rate():
     rng = np.random.default_rng(3)
     scores = rng.gamma(4.0, 0.5, size=4000) + 1.0
