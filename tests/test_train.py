@@ -107,3 +107,52 @@ def test_arcface_head_trains_exports_and_scores_embed(tiny_synth, tmp_path):
     assert len(ours) == len(OUTPUTS) == 3
     for a, b in zip(ours, ref):
         np.testing.assert_allclose(a, b, atol=1e-4)
+
+
+def test_early_stopping_state_machine():
+    from mtad.train.early_stopping import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    es = EarlyStopping(patience=2)
+    assert [es.update(e, loss, model) for e, loss in enumerate([1.0, 0.5, 0.7, 0.6, 0.9], 1)] == [False, False, False, True, True]
+    assert es.best_epoch == 2 and es.best_loss == 0.5
+    again = EarlyStopping.from_dict(es.to_dict())
+    assert (again.best_epoch, again.patience) == (2, 2) and set(again.best_state) == {"weight", "bias"}
+
+
+def test_early_stopping_stops_on_the_heldout_loss_and_keeps_the_best_weights(tiny_synth, tmp_path, monkeypatch):
+    """Held-out losses 1.0, 0.5, 0.7, 0.8: patience 2 stops after epoch 4 of 8 and keeps epoch 2's
+    weights, in the checkpoint the scoring statistics and the export read."""
+    from mtad.train import trainer
+
+    scripted, seen = iter([1.0, 0.5, 0.7, 0.8, 0.9]), []
+    real = trainer.heldout_loss
+
+    def fake(loss_fn, model, x, target, device):
+        real(loss_fn, model, x, target, device)  # the real path runs too
+        seen.append({k: v.clone() for k, v in model.state_dict().items()})
+        return next(scripted)
+
+    monkeypatch.setattr(trainer, "heldout_loss", fake)
+    cfg = load_config("tiny", epochs=8, early_stopping=2)
+    result = train_run(tiny_synth, tmp_path / "run", cfg, progress=False, log=lambda m: None)
+    assert len(result.history) == 4 and result.best_epoch == 2
+    assert [h["val_loss"] for h in result.history] == [1.0, 0.5, 0.7, 0.8]
+    ckpt = load_checkpoint(tmp_path / "run")
+    for k, v in ckpt["model_state"].items():
+        torch.testing.assert_close(v, seen[1][k], rtol=0, atol=0)
+    assert any(not torch.equal(v, seen[3][k]) for k, v in ckpt["model_state"].items())
+    rows = list(csv.DictReader(open(tmp_path / "run" / "train_log.csv")))
+    assert [float(r["val_loss"]) for r in rows] == [1.0, 0.5, 0.7, 0.8]
+    # resuming a stopped run trains nothing more
+    again = train_run(tiny_synth, tmp_path / "run", cfg, resume=True, progress=False, log=lambda m: None)
+    assert len(again.history) == 4 and again.best_epoch == 2
+
+
+def test_heldout_loss_is_real_and_early_stopping_needs_a_holdout(tiny_synth, tmp_path):
+    cfg = load_config("tiny", epochs=2, early_stopping=5)
+    result = train_run(tiny_synth, tmp_path / "run", cfg, progress=False, log=lambda m: None)
+    vals = [h["val_loss"] for h in result.history]
+    assert len(vals) == 2 and all(0 < v < 10 for v in vals) and result.best_epoch in (1, 2)
+    with pytest.raises(ConfigError, match="stats-holdout"):
+        train_run(tiny_synth, tmp_path / "in", load_config("tiny", epochs=1, early_stopping=1, stats_holdout=0.0), progress=False, log=lambda m: None)

@@ -17,7 +17,7 @@ CHECKPOINT = "checkpoint.pt"
 FORMAT = "mtad-checkpoint/1"
 
 
-def save_checkpoint(path: Path, *, model, optimizer, cfg: RunConfig, feature_cfg: FeatureConfig, class_map, norms, epoch, history) -> None:
+def save_checkpoint(path: Path, *, model, optimizer, cfg: RunConfig, feature_cfg: FeatureConfig, class_map, norms, epoch, history, extra: dict | None = None) -> None:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
     payload = {
         "format": FORMAT,
@@ -29,6 +29,7 @@ def save_checkpoint(path: Path, *, model, optimizer, cfg: RunConfig, feature_cfg
         "class_map": list(class_map),
         "normalization": {t: {"mean": torch.from_numpy(n.mean.copy()), "std": torch.from_numpy(n.std.copy())} for t, n in norms.items()},
         "history": history,
+        **(extra or {}),
     }
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)

@@ -25,6 +25,8 @@ from .config import PRESETS, TASKS
 @click.option("--stats-holdout", type=float, help="Fraction of each id's training normals kept out of training for scoring statistics (default 0.25; 0 = in-sample, warned).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="fusion (default: per-id, calibrated) or paper (2-D Mahalanobis per type).")
 @click.option("--components", help="Fusion components, comma-separated subset of recon,class,spectral (default recon,spectral).")
+@click.option("--early-stopping", type=int, metavar="PATIENCE",
+              help="Stop when the held-out normals' loss has not improved for PATIENCE epochs and keep the best epoch's weights (0 = off).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 @click.option("--workers", type=int, default=1, show_default=True, help="Processes that build the feature cache (results do not change).")
@@ -34,7 +36,7 @@ from .config import PRESETS, TASKS
 @click.option("--nproc", type=int, help="Train on this many processes of this node (one per GPU): launches torchrun.")
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds a rank waits for the others before every rank stops with an error.")
 @report_errors
-def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, scoring, components, resume, quiet,
+def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, scoring, components, early_stopping, resume, quiet,
          workers, loader_workers, channels_last, compile_, nproc, timeout):
     """Train on the normal clips of DATA's train split; write checkpoint, config, log and statistics to OUT.
 
@@ -54,7 +56,7 @@ def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdo
     from .trainer import train_run
 
     cfg = load_config(preset, config_path, epochs=epochs, task=task, device=device, seed=seed, stats_holdout=stats_holdout,
-                      scoring=scoring, components=components)
+                      scoring=scoring, components=components, early_stopping=early_stopping)
     result = train_run(data, out, cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True), workers=workers,
                        loader_workers=loader_workers, channels_last=channels_last, compile=compile_, timeout=timeout)
     if result.stats is None:  # a rank other than 0 under torchrun: rank 0 reports
@@ -62,7 +64,7 @@ def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdo
     h = result.history
     click.echo(
         f"trained {cfg.preset}/{cfg.train.task} on {result.n_train_clips} clips in {result.seconds:.0f}s: "
-        f"loss {h[0]['loss']:.4f} -> {h[-1]['loss']:.4f} over {len(h)} epochs; run written to {out}"
+        f"loss {h[0]['loss']:.4f} -> {h[-1]['loss']:.4f} over {len(h)} epochs{result.stopped_note}; run written to {out}"
     )
 
 

@@ -37,6 +37,7 @@ class TrainConfig:
     scoring: str = "fusion"  # or "paper": the paper's 2-D Mahalanobis of (recon, class) per type
     components: tuple[str, ...] = DEFAULT_COMPONENTS  # fusion components (recon, class, spectral)
     pseudo_anomalies: float = 0.0  # fraction of each batch added again, perturbed, as extra classes (train/pseudo_anomalies.py)
+    early_stopping: int = 0  # patience in epochs on the held-out normals' loss (0 = off: train all epochs)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -45,6 +46,8 @@ class TrainConfig:
             raise ConfigError("epochs, batch_size, windows_per_clip must be >= 1 and lr > 0")
         if not 0 <= self.mixup_prob <= 1 or not 0 <= self.stats_holdout < 1 or not 0 < self.false_alarm_rate < 1:
             raise ConfigError("mixup_prob must be in [0, 1], stats_holdout in [0, 1), false_alarm_rate in (0, 1)")
+        if self.early_stopping < 0:
+            raise ConfigError(f"early_stopping is a patience in epochs (0 = off), got {self.early_stopping}")
         if not 0 <= self.pseudo_anomalies <= 1:
             raise ConfigError(f"pseudo_anomalies must be in [0, 1], got {self.pseudo_anomalies}")
         if self.weight_decay < 0 or self.lr_schedule not in LR_SCHEDULES:

@@ -18,7 +18,7 @@ from mtad.edge_runtime.atomic import atomic_path, atomic_write
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.errors import ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig, fit_normalization
-from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats
+from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, conformal_rank
 from mtad.edge_runtime.windows import clip_outputs
 
 from . import distributed
@@ -27,6 +27,7 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .config import RunConfig, save_config, with_classes
 from .feature_cache import FeatureStore, load_features
 from . import pseudo_anomalies
+from .early_stopping import EarlyStopping, heldout_loss, heldout_windows
 from .model import MultitaskModel
 from .reference import TorchRunner
 from .stats import MIN_CALIBRATION_CLIPS, fit_scoring_stats
@@ -46,6 +47,13 @@ class TrainResult:
     n_stats_clips: int
     skipped: dict[str, str]
     seconds: float
+    best_epoch: int | None = None  # with early stopping: the epoch whose weights were kept
+
+    @property
+    def stopped_note(self) -> str:
+        if self.best_epoch is None:
+            return ""
+        return f" (early stopping: kept epoch {self.best_epoch}, best held-out loss {min(h['val_loss'] for h in self.history):.4f})"
 
 
 def resolve_device(device: str) -> str:
@@ -132,11 +140,14 @@ def plot_losses(run_dir: Path, history: list[dict]) -> None:
 
     ep = [h["epoch"] for h in history]
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key, label in (("loss", "total"), ("recon_loss", "next-frame MSE"), ("class_loss", "id cross-entropy")):
-        if any(h[key] for h in history):
-            ax.plot(ep, [h[key] for h in history], marker="o", ms=3, label=label)
+    for key, label in (("loss", "total"), ("recon_loss", "next-frame MSE"), ("class_loss", "id cross-entropy"), ("val_loss", "total, held-out normals")):
+        if any(h.get(key) for h in history):
+            ax.plot(ep, [h[key] for h in history], marker="o", ms=3, label=label, ls="--" if key == "val_loss" else "-")
+    if any("val_loss" in h for h in history):
+        best = min(history, key=lambda h: h["val_loss"])["epoch"]
+        ax.axvline(best, color="k", lw=1, alpha=0.5, label=f"kept: epoch {best}")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("loss")
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -172,7 +183,11 @@ def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: 
         log("warning: --stats-holdout 0: scoring statistics and thresholds are fitted on the clips the model trained on "
             "(in-sample); expect more false alarms than the target rate")
     held, extra = stats_inputs(runner, store, train_idx, stats_idx, norms, model_cfg, progress)
-    stats, _ = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra)
+    stats, finals = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra)
+    few = sorted(m for m, v in finals.items() if conformal_rank(len(v), tcfg.false_alarm_rate) is None)
+    if few and tcfg.scoring != "paper":
+        log(f"note: {len(few)} id(s) ({', '.join(few[:3])}{', ...' if len(few) > 3 else ''}) have too few held-out normals for a "
+            f"distribution-free threshold at false-alarm rate {tcfg.false_alarm_rate}; their thresholds assume Gaussian scores")
     return stats
 
 
@@ -262,6 +277,7 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
     optimizer = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay)
     history: list[dict] = []
     start_epoch = 0
+    stopper_state = None
     if resume:
         ckpt = load_checkpoint(ckpt_path)
         stored = dict(ckpt["config"])
@@ -274,6 +290,7 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
         optimizer.load_state_dict(ckpt["optimizer_state"])
         history = list(ckpt["history"])
         start_epoch = int(ckpt["epoch"])
+        stopper_state = ckpt.get("early_stopping")
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out / "config.yaml")
@@ -293,6 +310,15 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
 
     sampler = WindowSampler(store, train_idx, class_of, norms, mcfg.window)
     use_amp = device == "cuda"
+    stopper = None
+    if tcfg.early_stopping:
+        if set(train_idx) & set(stats_idx):
+            raise ConfigError("early stopping watches the held-out normals' loss: it needs --stats-holdout > 0")
+        stopper = EarlyStopping.from_dict(stopper_state) if stopper_state else EarlyStopping(tcfg.early_stopping)
+        val_x, val_target = heldout_windows(store, stats_idx, class_of, norms, mcfg.window, mcfg.warmup, mcfg.n_classes)
+        if stopper.best_epoch and start_epoch - stopper.best_epoch >= stopper.patience:
+            start_epoch = tcfg.epochs  # the run had already stopped: nothing to resume
+    stop = False
     for epoch in range(start_epoch, tcfg.epochs):
         train_model.train()
         for group in optimizer.param_groups:  # a pure function of the epoch, so --resume continues it exactly
@@ -324,10 +350,14 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
         history.append({"epoch": epoch + 1, "loss": float(mean[0]), "recon_loss": float(mean[1]), "class_loss": float(mean[2]), "seconds": round(time.time() - t0, 2)})
         if not np.isfinite(mean).all():  # every rank holds the same mean, so all stop here together, keeping the last good checkpoint
             raise ConfigError(f"training diverged: the loss is {mean[0]} in epoch {epoch + 1}; lower the learning rate or check the data")
+        if stopper is not None:  # every rank evaluates the same held-out windows with the same weights
+            history[-1]["val_loss"] = heldout_loss(lambda x, t: losses(model, x, t, tcfg.task, mcfg.warmup), model, val_x, val_target, device)
+            stop = stopper.update(epoch + 1, history[-1]["val_loss"], model)
         write_failed = None
         if ctx.is_main:
             try:
-                save_checkpoint(ckpt_path, model=model, optimizer=optimizer, cfg=cfg, feature_cfg=feature_cfg, class_map=class_map, norms=norms, epoch=epoch + 1, history=history)
+                save_checkpoint(ckpt_path, model=model, optimizer=optimizer, cfg=cfg, feature_cfg=feature_cfg, class_map=class_map, norms=norms, epoch=epoch + 1, history=history,
+                                extra={"early_stopping": stopper.to_dict()} if stopper else None)
                 _write_log(out, history)
             except Exception as exc:  # noqa: BLE001 - re-raised below, after telling the other ranks
                 write_failed = exc
@@ -336,14 +366,24 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
                 raise write_failed
             raise distributed.DistributedError(f"rank {ctx.rank}: rank 0 could not write the checkpoint, so every rank stops")
         if progress:
-            log(f"epoch {epoch + 1}/{tcfg.epochs}: loss {mean[0]:.4f} (recon {mean[1]:.4f}, class {mean[2]:.4f}) in {history[-1]['seconds']:.1f}s")
+            val = f", held-out {history[-1]['val_loss']:.4f}" if stopper else ""
+            log(f"epoch {epoch + 1}/{tcfg.epochs}: loss {mean[0]:.4f} (recon {mean[1]:.4f}, class {mean[2]:.4f}{val}) in {history[-1]['seconds']:.1f}s")
+        if distributed.agree(ctx, stop):
+            log(f"early stopping: no better held-out loss for {stopper.patience} epochs; keeping epoch {stopper.best_epoch}")
+            break
+    if stopper is not None and stopper.best_state:  # the scoring statistics, the export and --resume all see the kept weights
+        model.load_state_dict(stopper.best_state)
+        if ctx.is_main:
+            save_checkpoint(ckpt_path, model=model, optimizer=optimizer, cfg=cfg, feature_cfg=feature_cfg, class_map=class_map, norms=norms, epoch=len(history),
+                            history=history, extra={"early_stopping": stopper.to_dict()})
+            _write_log(out, history)
     if not ctx.is_main:  # rank 0 alone plots and fits the scoring statistics; the others are done
         # (no barrier: a collective held while rank 0 scores clips would be cut off by --timeout)
-        return TrainResult(out, history, None, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
+        return TrainResult(out, history, None, len(train_idx), len(stats_idx), store.failed, time.time() - t_start, stopper.best_epoch if stopper else None)
     plot_losses(out, history)
 
     stats = fit_run_stats(TorchRunner(model, device), store, train_idx, stats_idx, norms, mcfg, tcfg, class_map, progress, log)
     stats.save(out / STATS)
     write_split(out, store, stats_idx, tcfg.stats_holdout, tcfg.seed)
-    return TrainResult(out, history, stats, len(train_idx), len(stats_idx), store.failed, time.time() - t_start)
+    return TrainResult(out, history, stats, len(train_idx), len(stats_idx), store.failed, time.time() - t_start, stopper.best_epoch if stopper else None)
 
