@@ -3,7 +3,8 @@
 Windows are drawn evenly over machine types and ids, through the edge front end and the
 run's per-type normalisation, so the quantiser sees exactly what the model sees. Each
 machine's clips are split: most feed the calibration set, the rest give held-out windows
-for the export-time check. Stored as ``.npz`` plus a JSON manifest (sources, settings,
+for the export-time check (and, without a labelled validation set, the normals on which
+accuracy control measures score drift). The manifest records which clips took which role. Stored as ``.npz`` plus a JSON manifest (sources, settings,
 sha256), and cached under a key of every input's content.
 """
 
@@ -48,8 +49,9 @@ class CalibrationSet:
             yield self.windows[i : i + batch_size]
 
 
-def _sample(store, indices, n, window, norms, rng):
-    """``n`` windows spread round-robin over the clips ``indices`` of one machine."""
+def _sample(store, indices, n, window, norms, rng, used: set | None = None):
+    """``n`` windows spread round-robin over the clips ``indices`` of one machine; the clips
+    drawn from are added to ``used``."""
     out = []
     usable = [i for i in indices if store.offsets[i + 1] - store.offsets[i] >= window]
     if not usable:
@@ -60,6 +62,8 @@ def _sample(store, indices, n, window, norms, rng):
         x = np.asarray(store.get(i))
         s = int(rng.integers(0, x.shape[1] - window + 1))
         out.append(norms[store.clips[i].machine_type].apply(x[:, s : s + window]))
+        if used is not None:
+            used.add(i)
     return out
 
 
@@ -103,16 +107,21 @@ def build_calibration_set(
     key = hashlib.sha256(json.dumps({"settings": settings, "sources": [s["sha256"] for s in sources]}, sort_keys=True).encode()).hexdigest()[:32]
     cache_dir = cache_dir or default_cache_dir().parent / "calibration"
     npz, man = cache_dir / f"{key}.npz", cache_dir / f"{key}.json"
-    if npz.exists() and man.exists():
+    cached = json.loads(man.read_text()) if npz.exists() and man.exists() else None
+    if cached is not None and "calibration_clips" in cached:  # entries written before the clip roles were recorded are rebuilt
+        cached["sources"] = sources  # the same files by the key (their sha256, in order), where they are now
         with np.load(npz, allow_pickle=False) as z:
-            cs = CalibrationSet(z["windows"], [str(m) for m in z["machines"]], z["heldout"], json.loads(man.read_text()))
+            cs = CalibrationSet(z["windows"], [str(m) for m in z["machines"]], z["heldout"], cached)
         validate_windows(cs.windows, cs.windows.shape[1], window)
         return cs
 
     store = load_features(clips, progress=progress)
     rng = np.random.default_rng(seed)
     per_machine = max(1, n_windows // len(machines))
+    position = {str(c.path): k for k, c in enumerate(clips)}
     windows, labels, heldout = [], [], []
+    used: set[int] = set()  # clips the calibration windows were cut from
+    held_clips: list[int] = []  # clips kept out of calibration: held-out windows, and the drift check's normals
     for m in sorted(machines):
         idx = [i for i, c in enumerate(store.clips) if c.machine == m]
         if not idx:
@@ -120,17 +129,21 @@ def build_calibration_set(
         perm = [idx[j] for j in rng.permutation(len(idx))]
         n_held = max(1, int(round(HELDOUT_FRACTION * len(perm)))) if len(perm) > 1 else 0
         cal_idx, held_idx = perm[n_held:], perm[:n_held]
-        got = _sample(store, cal_idx, per_machine, window, norms, rng)
+        got = _sample(store, cal_idx, per_machine, window, norms, rng, used)
         windows += got
         labels += [m] * len(got)
         heldout += _sample(store, held_idx, max(1, per_machine // 4), window, norms, rng)
+        held_clips += held_idx
     if not windows:
         raise CalibrationError(f"no training clip is at least {window} frames long; cannot cut calibration windows")
     w = np.stack(windows).astype(np.float32)
     validate_windows(w, w.shape[1], window)
     h = np.stack(heldout).astype(np.float32) if heldout else w[:0]
     manifest = {"key": key, "settings": settings, "sources": sources, "n_windows": int(len(w)), "n_heldout": int(len(h)),
-                "per_machine": {m: labels.count(m) for m in sorted(set(labels))}}
+                "per_machine": {m: labels.count(m) for m in sorted(set(labels))},
+                # positions in "sources" of the clips the calibration windows came from, and of the clips held out of it
+                "calibration_clips": sorted(position[str(store.clips[i].path)] for i in used),
+                "heldout_clips": sorted(position[str(store.clips[i].path)] for i in held_clips)}
     cache_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(npz) as tmp:
         np.savez(tmp, windows=w, machines=np.array(labels), heldout=h)
@@ -148,3 +161,10 @@ def save_calibration_set(cs: CalibrationSet, out_dir: Path) -> tuple[Path, Path]
     with atomic_write(man, "w") as f:
         f.write(json.dumps(cs.manifest, indent=1))
     return npz, man
+
+
+def calibration_roles(cs: CalibrationSet) -> tuple[list[dict], list[dict]]:
+    """``(calibration clips, held-out clips)`` of a calibration set: the ``{"path", "sha256"}``
+    source entries of the clips its windows came from, and of the clips it held out."""
+    sources = cs.manifest["sources"]
+    return [sources[i] for i in cs.manifest["calibration_clips"]], [sources[i] for i in cs.manifest["heldout_clips"]]

@@ -96,6 +96,37 @@ class EnrolledReferenceSection(ReferenceSection):
     lengths: list[PosInt]
 
 
+ClipDigest = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{16}$")]  # first 16 hex digits of a clip file's sha256
+
+
+class ClipSetSection(_Section):
+    """One of the export's clip sets: which kind, how many, and which clips (by content)."""
+
+    kind: Literal["training_normals", "labelled_validation", "normals_drift", "reference_test_clips"]
+    n_clips: NonNegInt
+    n_normal: Optional[NonNegInt] = None
+    n_anomalous: Optional[NonNegInt] = None
+    clips_sha256: Sha256
+    clip_digests: list[ClipDigest]
+
+    @model_validator(mode="after")
+    def _counts(self) -> "ClipSetSection":
+        if len(self.clip_digests) != self.n_clips:
+            raise ValueError(f"clip_digests: {len(self.clip_digests)} digests for n_clips {self.n_clips}")
+        if self.n_normal is not None and self.n_anomalous is not None and self.n_normal + self.n_anomalous != self.n_clips:
+            raise ValueError(f"n_normal + n_anomalous: {self.n_normal} + {self.n_anomalous} != n_clips {self.n_clips}")
+        return self
+
+
+class DataSetsSection(_Section):
+    """The three disjoint sets of an export (absent in bundles exported before mtad recorded them:
+    optional, so those still load at the same schema version)."""
+
+    calibration: Optional[ClipSetSection] = None
+    accuracy_control: Optional[ClipSetSection] = None
+    report: Optional[ClipSetSection] = None
+
+
 class Manifest(_Section):
     format: Literal["mtad-bundle"]
     schema_version: PosInt
@@ -112,6 +143,7 @@ class Manifest(_Section):
     enrolled: dict[Machine, dict[StrictStr, Any]] = {}
     reference: Optional[ReferenceSection] = None
     reference_enrolled: Optional[EnrolledReferenceSection] = None
+    data_sets: Optional[DataSetsSection] = None
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -132,11 +164,19 @@ class Manifest(_Section):
             ref = getattr(self, section)
             if ref is not None and ref.file not in self.files:
                 raise ValueError(f"{section}.file: {ref.file} is not covered by the manifest's hashes")
+        if self.data_sets is not None:
+            for name in ("calibration", "accuracy_control", "report"):
+                if getattr(self.data_sets, name) is not None and getattr(self.data_sets, name).kind not in _SET_KINDS[name]:
+                    raise ValueError(f"data_sets.{name}.kind: {getattr(self.data_sets, name).kind!r} is not a kind of {name} set")
         if not any(v.precision == "fp32" and v.kind == "onnx" for v in self.variants.values()):
             raise ValueError("variants: bundle has no FP32 ONNX model")
         if self.feature_config.get("n_mels") != self.model.n_mels:
             raise ValueError(f"model_config.n_mels: {self.model.n_mels} != feature_config.n_mels {self.feature_config.get('n_mels')!r}")
         return self
+
+
+_SET_KINDS = {"calibration": ("training_normals",), "accuracy_control": ("labelled_validation", "normals_drift"),
+              "report": ("reference_test_clips",)}
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -1,4 +1,9 @@
-"""Index of a DCASE2020 Task 2 layout: ``<type>/{train,test}/{normal,anomaly}_id_XX_NNNNNNNN.wav``."""
+"""Index of a DCASE2020 Task 2 layout: ``<type>/{train,test}/{normal,anomaly}_id_XX_NNNNNNNN.wav``.
+
+mtad adds one split DCASE does not have: ``<type>/val/`` holds labelled validation clips
+(``mtad-synth --val N`` writes it). ``mtad-export --accuracy-budget`` selects on them, so the
+test split stays untouched for ``mtad-parity``.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ from pathlib import Path
 from .errors import DatasetError
 
 DCASE2020_TYPES = ("ToyCar", "ToyConveyor", "fan", "pump", "slider", "valve")
-SPLITS = ("train", "test")
+SPLITS = ("train", "val", "test")  # "val": labelled validation clips (not in DCASE2020)
 
 _NAME = re.compile(r"^(?P<label>normal|anomaly)_(?P<id>id_\d+)_(?P<index>\d+)\.wav$", re.IGNORECASE)
 
@@ -57,13 +62,15 @@ class DatasetIndex:
 
     def summary(self) -> str:
         counts = Counter((c.machine_type, c.split) for c in self.clips)
-        parts = [f"{t}: " + ", ".join(f"{s} {counts[(t, s)]}" for s in SPLITS) for t in self.machine_types]
+        shown = [s for s in SPLITS if s != "val" or any(c.split == "val" for c in self.clips)]  # DCASE roots have no val
+        parts = [f"{t}: " + ", ".join(f"{s} {counts[(t, s)]}" for s in shown) for t in self.machine_types]
         skipped = sum(self.skipped.values())
         return "; ".join(parts) + (f" (skipped {skipped} files)" if skipped else "")
 
 
 def parse_clip_path(path: Path) -> Clip | None:
-    """Parse type, id, label and split from ``.../<type>/<split>/<label>_id_XX_NNNNNNNN.wav``."""
+    """Parse type, id, label and split from ``.../<type>/<split>/<label>_id_XX_NNNNNNNN.wav``
+    (split: train, val or test)."""
     m = _NAME.match(path.name)
     if m is None:
         return None
@@ -84,7 +91,7 @@ def parse_clip_path(path: Path) -> Clip | None:
 
 
 def parse_machine_from_path(path: Path) -> tuple[str, str] | None:
-    """Best-effort ``(type, id)`` from a DCASE-style file path, also outside a train/test folder."""
+    """Best-effort ``(type, id)`` from a DCASE-style file path, also outside a train/val/test folder."""
     m = _NAME.match(path.name)
     if m is None:
         m2 = re.search(r"(id_\d+)", path.name)
@@ -123,7 +130,7 @@ def scan_dataset(root: str | Path) -> DatasetIndex:
         clips.append(clip)
     if not clips:
         raise DatasetError(
-            f"{root}: no clips in the DCASE2020 layout <type>/{{train,test}}/{{normal,anomaly}}_id_XX_NNNNNNNN.wav"
+            f"{root}: no clips in the DCASE2020 layout <type>/{{train,val,test}}/{{normal,anomaly}}_id_XX_NNNNNNNN.wav"
             + (f" ({sum(skipped.values())} other files skipped)" if skipped else "")
         )
     clips.sort()

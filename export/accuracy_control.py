@@ -1,7 +1,10 @@
 """Accuracy-controlled reduced precision: keep the layers that hurt most in float32 until the
 AUC drift against PyTorch holds on a labelled validation set (the ModelOpt/anomalib INT8_ACQ
 idea, driven by detection quality rather than tensor error). Used for INT8 (layers kept out of
-quantisation) and FP16 (layers kept out of the float16 conversion).
+quantisation) and FP16 (layers kept out of the float16 conversion). Without labelled validation
+clips, the loop judges score drift against FP32 on held-out normals instead (Spearman rho and
+the worst relative score error, mtad-parity's score budgets). The test clips are never used:
+mtad-parity reports on them.
 
 Layers are ranked by Polygraphy, which runs the FP32 and reduced graphs in ONNX Runtime with
 every intermediate tensor marked as an output and compares them.
@@ -93,23 +96,44 @@ def rank_layers(fp32_path: Path, int8_path: Path, windows: np.ndarray, reduce_ra
     return sorted(ranked, key=lambda t: -t[1])
 
 
-def _best_line(history: list[dict]) -> str:
+def _fmt(v, spec=".4f") -> str:
+    return "n/a" if v is None else format(v, spec)  # rho needs 3 clips of a machine
+
+
+def _best_line(history: list[dict], drift: bool = False) -> str:
     if not history:
         return "no build reached the floor"
-    best = min(history, key=lambda h: h["max_abs_dauc"])
+    if drift:
+        best = min(history, key=lambda h: h["max_rel_error"])
+        text = (f"best found: max relative score error {best['max_rel_error']:.4f} (lowest rho {_fmt(best['min_spearman'])}) "
+                f"with {best['excluded']} layer(s) in float")
+    else:
+        best = min(history, key=lambda h: h["max_abs_dauc"])
+        text = f"best found: max |dAUC| {best['max_abs_dauc']:.4f} with {best['excluded']} layer(s) in float"
     frac = best.get("quantized_mac_fraction")
-    return (f"best found: max |dAUC| {best['max_abs_dauc']:.4f} with {best['excluded']} layer(s) in float"
-            + ("" if frac is None else f", {frac:.1%} of MACs quantised"))
+    return text + ("" if frac is None else f", {frac:.1%} of MACs quantised")
+
+
+def drift_budget_text(score_budget: dict) -> str:
+    return f"Spearman rho >= {score_budget['min_spearman']} and max relative score error <= {score_budget['max_rel_error']} per machine"
 
 
 def control_loop(build, rank, out_path: Path, precision: str, reference: list[Scored], score_variant, budget: float,
-                 reduce_range: bool = False, max_rounds: int = 8, log=print, floor: float | None = None) -> dict:
-    """``build(excluded) -> info`` writes ``out_path``; while some machine's |dAUC| is over
-    ``budget``, keep more of the ``rank(out_path)``-worst layers in float32 (2, 4, 8, ...).
+                 reduce_range: bool = False, max_rounds: int = 8, log=print, floor: float | None = None,
+                 score_budget: dict | None = None) -> dict:
+    """``build(excluded) -> info`` writes ``out_path``; while some machine is over budget, keep
+    more of the ``rank(out_path)``-worst layers in float32 (2, 4, 8, ...).
+
+    Over budget means |dAUC| over ``budget`` on labelled clips; with ``score_budget`` (the
+    fallback without labelled validation clips: ``reference`` holds normals only), it means
+    Spearman rho or the worst relative score error against FP32 missing ``score_budget``.
 
     With ``floor`` (INT8), ``info["quantized_mac_fraction"]`` may never drop under it: when the
     budget cannot be met above the floor, raise :class:`Int8FloorError` with the best round found.
     """
+    drift = score_budget is not None
+    what = f"the score-drift budget ({drift_budget_text(score_budget)})" if drift else f"the accuracy budget {budget}"
+    remedy = "pass labelled validation clips with --val-data" if drift else "raise --accuracy-budget"
     excluded: list[str] = []
     history = []
     step = 2
@@ -118,26 +142,36 @@ def control_loop(build, rank, out_path: Path, precision: str, reference: list[Sc
         frac = info.get("quantized_mac_fraction")
         if floor is not None and frac is not None and frac < floor:
             raise Int8FloorError(
-                f"{precision.upper()} cannot meet the accuracy budget {budget} with >= {floor:.0%} of MACs quantised "
-                f"(keeping {len(excluded)} layers in float leaves {frac:.1%}); {_best_line(history)}; no {precision} variant "
-                f"written (raise --accuracy-budget, lower --int8-floor, or export without --{precision})"
+                f"{precision.upper()} cannot meet {what} with >= {floor:.0%} of MACs quantised "
+                f"(keeping {len(excluded)} layers in float leaves {frac:.1%}); {_best_line(history, drift)}; no {precision} variant "
+                f"written ({remedy}, lower --int8-floor, or export without --{precision})"
             )
         runner = OnnxRuntimeRunner(out_path, precision, "CPUExecutionProvider", reduce_range=reduce_range)
-        res = compare(reference, score_variant(runner), budget)
-        worst = res["max_abs_dauc"] or 0.0
-        history.append({"excluded": len(excluded), "max_abs_dauc": worst, "over_budget": res["over_budget"],
-                        **({} if frac is None else {"quantized_mac_fraction": frac})})
+        if drift:
+            res = compare(reference, score_variant(runner), budget, score_budget)
+            over = res["score_over_budget"]
+            entry = {"excluded": len(excluded), "min_spearman": res["min_spearman"], "max_rel_error": res["max_rel_error"] or 0.0,
+                     "over_budget": over}
+            figures = (f"lowest rho {_fmt(res['min_spearman'])}, max relative score error {entry['max_rel_error']:.4f} "
+                       f"({drift_budget_text(score_budget)})")
+        else:
+            res = compare(reference, score_variant(runner), budget)
+            over = res["over_budget"]
+            entry = {"excluded": len(excluded), "max_abs_dauc": res["max_abs_dauc"] or 0.0, "over_budget": over}
+            figures = f"max |dAUC| {entry['max_abs_dauc']:.4f} (budget {budget})"
+        history.append({**entry, **({} if frac is None else {"quantized_mac_fraction": frac})})
         log(f"{precision} accuracy control round {round_}: {len(excluded)} layer(s) in float32"
-            + ("" if frac is None else f" ({frac:.1%} of MACs quantised)") + f", max |dAUC| {worst:.4f} (budget {budget})")
-        if not res["over_budget"]:
+            + ("" if frac is None else f" ({frac:.1%} of MACs quantised)") + f", {figures}")
+        if not over:
             break
         if round_ == max_rounds:
-            raise MtadError(f"{precision.upper()} stays over the accuracy budget {budget} after {max_rounds} rounds; "
-                            f"{_best_line(history)}; export without it or raise --accuracy-budget")
+            raise MtadError(f"{precision.upper()} stays over {what} after {max_rounds} rounds; "
+                            f"{_best_line(history, drift)}; export without it or {remedy}")
         ranked = [n for n, _ in rank(out_path) if n not in excluded]
         excluded += ranked[:step]
         step *= 2
-    info.update(accuracy_budget=budget, excluded_nodes=list(excluded), accuracy_rounds=history)
+    info.update(accuracy_budget=budget, accuracy_criterion="score_drift" if drift else "dauc", excluded_nodes=list(excluded),
+                accuracy_rounds=history, **({"score_budget": dict(score_budget)} if drift else {}))
     return info
 
 
@@ -153,21 +187,23 @@ def accuracy_controlled_int8(
     max_rounds: int = 8,
     log=print,
     floor: float = DEFAULT_INT8_FLOOR,
+    score_budget: dict | None = None,
 ) -> dict:
     """INT8 with the worst layers left unquantised until the budget holds, never under ``floor``
-    of the MACs quantised. ``score_variant(runner) -> list[Scored]``."""
+    of the MACs quantised. ``score_variant(runner) -> list[Scored]``; ``score_budget``: judge by
+    score drift on normals instead of |dAUC| (see :func:`control_loop`)."""
     windows = calib.heldout if len(calib.heldout) else calib.windows
     with tempfile.TemporaryDirectory() as tmp:
         pre = preprocess(fp32_path, Path(tmp) / "pre.onnx")
         return control_loop(
             lambda excluded: quantize_int8(pre, calib, out_path, method, reduce_range, excluded, preprocessed=True),
             lambda path: rank_layers(pre, path, windows, reduce_range),
-            out_path, "int8", reference, score_variant, budget, reduce_range, max_rounds, log, floor,
+            out_path, "int8", reference, score_variant, budget, reduce_range, max_rounds, log, floor, score_budget,
         )
 
 
 def accuracy_controlled_fp16(fp32_path: Path, windows: np.ndarray, out_path: Path, reference: list[Scored], score_variant,
-                             budget: float, max_rounds: int = 8, log=print) -> dict:
+                             budget: float, max_rounds: int = 8, log=print, score_budget: dict | None = None) -> dict:
     """FP16 with the worst layers left in float32 until the budget holds."""
     fp32 = onnx.load(str(fp32_path))
 
@@ -176,4 +212,4 @@ def accuracy_controlled_fp16(fp32_path: Path, windows: np.ndarray, out_path: Pat
         return {"format": "float16", "io": "float32"}
 
     return control_loop(build, lambda path: rank_layers(fp32_path, path, windows), out_path, "fp16", reference, score_variant,
-                        budget, max_rounds=max_rounds, log=log)
+                        budget, max_rounds=max_rounds, log=log, score_budget=score_budget)

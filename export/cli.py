@@ -19,7 +19,13 @@ from mtad.edge_runtime.cli_common import parse_csv, report_errors
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--int8-reduce-range", is_flag=True, help="7-bit INT8 weights: fast fused kernels on CPUs without VNNI (costs accuracy).")
 @click.option("--int8-exclude", help="Comma-separated ONNX node names kept in float.")
-@click.option("--accuracy-budget", "accuracy_budget_text", help="Keep the worst layers in float32 until max |dAUC| per machine on --calib-data's test clips is within budget: a number (INT8) or 'fp16=0.005,int8=0.01'.")
+@click.option("--accuracy-budget", "accuracy_budget_text",
+              help="Keep the worst layers in float32 until max |dAUC| per machine on the labelled validation clips (--val-data) is "
+                   "within budget: a number (INT8) or 'fp16=0.005,int8=0.01'. Without validation clips: until score drift against "
+                   "FP32 on held-out training normals is within mtad-parity's score budgets. Never on test clips.")
+@click.option("--val-data", type=click.Path(path_type=Path),
+              help="Labelled validation clips for --accuracy-budget: a data root whose <type>/val/ clips (or, if it has none, "
+                   "<type>/test/ clips) are used. Default: --calib-data's <type>/val/ split, if it has one (mtad-synth --val N).")
 @click.option("--int8-floor", default=0.80, show_default=True, type=click.FloatRange(0, 1),
               help="Refuse to label a variant int8 unless at least this fraction of the model's MACs run quantised.")
 @click.option("--reference-clips", default=8, show_default=True, type=click.IntRange(1),
@@ -29,7 +35,7 @@ from mtad.edge_runtime.cli_common import parse_csv, report_errors
 @click.option("--quiet", is_flag=True)
 @report_errors
 def main(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range, int8_exclude, accuracy_budget_text,
-         int8_floor, reference_clips, engine, force, quiet):
+         val_data, int8_floor, reference_clips, engine, force, quiet):
     """Export RUN to a bundle the edge runtime loads (mtad-edge --bundle OUT)."""
     from mtad.edge_runtime.constants import parse_budgets
     from mtad.edge_runtime.runners import import_onnxruntime
@@ -45,11 +51,17 @@ def main(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     manifest = export_bundle(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range,
                              parse_csv(int8_exclude), accuracy_budget, engine, force, progress=not quiet, log=log, int8_floor=int8_floor,
-                             reference_clips=reference_clips)
+                             reference_clips=reference_clips, val_data=val_data, notice=lambda m: click.echo(m, err=True))
+    from .data_sets import describe
+
+    sets = manifest["data_sets"]
     sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest["sizes_bytes"].items())
     worst = max(manifest["export_check"]["variants"].items(), key=lambda kv: kv[1]["logits"]["max_abs"])
     click.echo(f"bundle {out}: {sizes}; worst logits error {worst[1]['logits']['max_abs']:.2e} ({worst[0]}), "
                f"argmax agreement {min(c['argmax_agreement'] for c in manifest['export_check']['variants'].values()):.1%}"
                + (f"; int8: {manifest['variants']['int8']['quantized_mac_fraction']:.1%} of MACs quantised" if int8 else "")
                + (f"; reference set {manifest['reference']['n_clips']} clips, {manifest['reference']['bytes'] / 1e6:.1f} MB"
-                  if manifest.get("reference") else ""))
+                  if manifest.get("reference") else "")
+               + (f"; accuracy control on {describe(sets['accuracy_control'])}"
+                  + (" (score drift vs FP32: no labelled validation set)" if sets["accuracy_control"]["kind"] == "normals_drift" else "")
+                  if sets.get("accuracy_control") else ""))

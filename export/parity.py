@@ -3,6 +3,9 @@
 Variants are scored through the edge runtime's own path (audio -> front end -> bundle
 normalisation -> runner -> bundle statistics), so a wrong normalisation or corrupted
 scale inside a bundle shows up here even when its tensors look plausible.
+
+A report is only made on clips the export did not see: test clips that the manifest's
+``data_sets`` put in the calibration or accuracy-control set are refused (by file content).
 """
 
 from __future__ import annotations
@@ -13,10 +16,11 @@ import numpy as np
 
 from mtad.edge_runtime.bundle import Bundle, load_bundle
 from mtad.edge_runtime.dataset import scan_dataset
-from mtad.edge_runtime.errors import AudioError, BundleError
+from mtad.edge_runtime.errors import AudioError, BundleError, DatasetError
 from mtad.edge_runtime.parity import DEFAULT_SCORE_BUDGETS, Scored, compare
 from mtad.edge_runtime.pipeline import EdgeScorer
 
+from .data_sets import clip_digests, clip_set, describe, refuse_overlap
 from .reference_set import load_reference_set
 
 
@@ -66,9 +70,37 @@ def _score_files(scorer: EdgeScorer, clips) -> list[Scored]:
     return out
 
 
-def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, float], progress: bool = True, log=print):
+def _summary(record: dict | None) -> dict | None:
+    return None if record is None else {k: v for k, v in record.items() if k != "clip_digests"}
+
+
+def report_sets(bundle: Bundle, what: str, digests: list[str], report: dict) -> dict:
+    """The sets behind a parity report: refuses (:class:`OverlapError`, one line) when the report
+    clips (``digests``: sha256 of each file) overlap the calibration or accuracy-control set the
+    bundle's manifest records; else their sizes, for the report and its JSON."""
+    recorded = bundle.manifest.get("data_sets")
+    refuse_overlap(what, digests, recorded)
+    return {"recorded": recorded is not None, "calibration": _summary((recorded or {}).get("calibration")),
+            "accuracy_control": _summary((recorded or {}).get("accuracy_control")), "report": report}
+
+
+def sets_line(sets: dict) -> str:
+    """One line with the sizes of the sets a parity report used."""
+    report = describe(sets["report"]) + (f" from {sets['report']['source']}" if sets["report"].get("source") else "")
+    if not sets["recorded"]:
+        return (f"sets: report on {report}; the bundle records no calibration or accuracy-control set (exported before mtad "
+                f"recorded them), so overlap with them is not checked")
+    return (f"sets: calibration {describe(sets['calibration'])}; accuracy control {describe(sets['accuracy_control'])}; "
+            f"report {report}; no clip shared (by file content)")
+
+
+def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, float], progress: bool = True, log=print,
+                on_sets=None):
     """PyTorch (run statistics) vs each bundle variant on DATA's test clips; ids enrolled on a
-    device are scored with the bundle's statistics for them."""
+    device are scored with the bundle's statistics for them.
+
+    Refuses, before scoring, test clips that the bundle's manifest records in its calibration or
+    accuracy-control set; ``on_sets(sets)`` (default: ``log`` a line) gets the sizes used."""
     from tqdm import tqdm
 
     from mtad.train.evaluate import load_run, score_split
@@ -86,6 +118,15 @@ def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, 
                             calibration={**run.stats.calibration, **ours(bundle.stats.calibration)},
                             thresholds={**run.stats.thresholds, **{m: bundle.stats.thresholds[m] for m in enrolled}}, enrolled=enrolled)
     index = scan_dataset(data)
+    machines = set(run.stats.machines)
+    tested = [c for c in index.select("test") if c.machine in machines]
+    if not tested:
+        raise DatasetError(f"{data}: no test clips of the machines this run was trained on ({', '.join(sorted(machines))})")
+    digests = clip_digests(c.path for c in tested)
+    sets = report_sets(bundle, f"{data}'s test clips", digests,
+                       clip_set("test_clips", digests, [c.label for c in tested], source=f"{Path(data).name} (test split)"))
+    sets["report"].pop("clip_digests")
+    (on_sets or (lambda x: log(sets_line(x))))(sets)
     reference, failed = score_split(run, index, progress=progress)
     clips = [c for c in index.select("test") if c.machine in set(bundle.stats.machines) and str(c.path) not in failed]
     found = bundle_runners(bundle, log)
@@ -97,13 +138,23 @@ def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, 
     return results, found["skipped"], reference, scored
 
 
-def device_parity(bundle_dir: Path, budgets: dict[str, float], log=print):
+def device_parity(bundle_dir: Path, budgets: dict[str, float], log=print, on_sets=None):
     """On the device: each runnable variant vs the PyTorch scores recorded at export time,
-    on the reference clips shipped in the bundle (edge runtime only, no torch)."""
+    on the reference clips shipped in the bundle (edge runtime only, no torch). The manifest's
+    report set must not overlap its calibration or accuracy-control set; ``on_sets`` as in
+    :func:`full_parity`."""
     bundle = load_bundle(bundle_dir)
     rec = bundle.manifest.get("reference")
     if not rec:
         raise BundleError(f"{bundle_dir}: bundle has no reference set (export with --calib-data pointing at labelled test clips)")
+    recorded = (bundle.manifest.get("data_sets") or {}).get("report")
+    if recorded:
+        sets = report_sets(bundle, "the bundle's reference set", list(recorded["clip_digests"]), _summary(recorded))
+    else:
+        labels = [int(v) for v in rec.get("labels") or []]
+        sets = report_sets(bundle, "the bundle's reference set", [], {"kind": "reference_test_clips", "n_clips": rec.get("n_clips"),
+                           **({"n_normal": labels.count(0), "n_anomalous": labels.count(1)} if labels else {})})
+    (on_sets or (lambda x: log(sets_line(x))))(sets)
     ref = load_reference_set(bundle.root)
     keys = [str(k) for k in ref["keys"]]
     clips = list(zip(keys, [str(m) for m in ref["machines"]], [int(v) for v in ref["labels"]], ref["audio"]))

@@ -3,6 +3,9 @@
 With --run and --data: full QA parity on DATA's test clips (needs the train extra).
 With --bundle alone: on-device parity against reference scores recorded at export time
 (edge runtime only, no torch).
+
+Either way it first prints the sizes of the sets involved, and refuses (one line, exit 1)
+to report on clips the bundle's manifest records in its calibration or accuracy-control set.
 """
 
 from __future__ import annotations
@@ -35,17 +38,25 @@ def main(bundle_dir, run_dir, data, budget_text, json_path, plot_path, quiet):
 
     budgets = parse_budgets(budget_text, "--budget", defaults=DEFAULT_BUDGETS)
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    used_sets = {}
+
+    def show_sets(sets):  # before any scoring: the sizes of the sets this report uses (it refuses overlapping ones)
+        from .parity import sets_line
+
+        used_sets.update(sets)
+        click.echo(sets_line(sets))
+
     if (run_dir is None) != (data is None):
         raise click.UsageError("give both --run and --data (QA parity), or neither (on-device parity against the bundle's reference set)")
     if run_dir is not None:
         from .parity import full_parity
 
-        results, skipped, reference, scored = full_parity(run_dir, bundle_dir, data, budgets, progress=not quiet, log=log)
+        results, skipped, reference, scored = full_parity(run_dir, bundle_dir, data, budgets, progress=not quiet, log=log, on_sets=show_sets)
         mode = "pytorch reference on test clips"
     else:
         from .parity import device_parity
 
-        results, skipped, reference, scored = device_parity(bundle_dir, budgets, log=log)
+        results, skipped, reference, scored = device_parity(bundle_dir, budgets, log=log, on_sets=show_sets)
         mode = "recorded pytorch scores on the bundle's reference set"
     click.echo(format_report(results))
     for name, why in skipped.items():
@@ -56,8 +67,8 @@ def main(bundle_dir, run_dir, data, budget_text, json_path, plot_path, quiet):
         from mtad.edge_runtime.atomic import atomic_write
 
         with atomic_write(json_path, "w") as f:
-            f.write(json.dumps({"mode": mode, "budgets": budgets, "score_budgets": DEFAULT_SCORE_BUDGETS, "variants": results,
-                                "skipped": skipped}, indent=1))
+            f.write(json.dumps({"mode": mode, "budgets": budgets, "score_budgets": DEFAULT_SCORE_BUDGETS, "data_sets": used_sets,
+                                "variants": results, "skipped": skipped}, indent=1))
     if plot_path and not scatter_plot(reference, scored, plot_path):
         log("parity: matplotlib not installed, no plot")
     over = {name: r["over_budget"] for name, r in results.items() if r["over_budget"]}

@@ -42,4 +42,7 @@ def test_empty_or_missing_root_is_a_clear_error(tmp_path):
 
 def test_parse_paths(tmp_path):
     assert parse_clip_path(tmp_path / "valve" / "valid" / "normal_id_00_00000000.wav") is None
+    val = parse_clip_path(tmp_path / "valve" / "val" / "anomaly_id_04_00000002.wav")
+    assert (val.machine, val.split, val.label, val.index) == ("valve/id_04", "val", 1, 2)
+    assert parse_machine_from_path(tmp_path / "valve" / "val" / "normal_id_04_00000002.wav") == ("valve", "id_04")
     assert parse_machine_from_path(tmp_path / "fan" / "test" / "anomaly_id_06_00000001.wav") == ("fan", "id_06")

@@ -53,6 +53,9 @@ def test_manifest_is_self_describing(tiny_bundle):
     checks = m["export_check"]["variants"]
     assert checks["fp32"]["logits"]["max_abs"] < 1e-4 and checks["int8"]["n_windows"] > 0
     assert m["sizes_bytes"]["int8"] < m["sizes_bytes"]["fp16"] < m["sizes_bytes"]["fp32"]
+    sets = m["data_sets"]  # no accuracy control: calibration and the reference (report) set only
+    assert sets["accuracy_control"] is None and sets["calibration"]["kind"] == "training_normals"
+    assert sets["report"]["n_clips"] == m["reference"]["n_clips"] and not set(sets["report"]["clip_digests"]) & set(sets["calibration"]["clip_digests"])
 
 
 @pytest.mark.parametrize("tamper, message", [

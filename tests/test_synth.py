@@ -59,3 +59,28 @@ def test_cli_rejects_bad_options(tmp_path):
     assert res.exit_code == 1 and "unknown machine type(s) robot" in res.output
     res = CliRunner().invoke(synth_main, [str(tmp_path / "o"), "--snr", "abc"])
     assert res.exit_code == 1 and "--snr" in res.output
+
+
+def test_val_split_is_written_scanned_and_leaves_train_and_test_unchanged(tmp_path):
+    base = SynthConfig(types=("fan", "valve"), ids=1, train=1, test=1, seconds=1.0, seed=3)
+    write_dataset(base, tmp_path / "plain", workers=1, progress=False)
+    res = CliRunner().invoke(synth_main, [str(tmp_path / "val"), "--types", "fan,valve", "--ids", "1", "--train", "1", "--test", "1",
+                                          "--val", "2", "--seconds", "1", "--seed", "3", "--workers", "1"])
+    assert res.exit_code == 0, res.output
+    assert "wrote 14 clips" in res.output
+    assert "(8 of them labelled validation clips in <type>/val/)" in res.output
+    with_val = digest(tmp_path / "val")
+    assert {k: v for k, v in with_val.items() if "/val/" not in k} == digest(tmp_path / "plain")  # byte-identical
+    index = scan_dataset(tmp_path / "val")
+    val = index.select("val")
+    assert len(val) == 8 and {c.machine_type for c in val} == {"fan", "valve"}
+    assert sorted((c.machine, c.label) for c in val).count(("fan/id_00", 1)) == 2 and sum(c.label for c in val) == 4
+    assert all(c.path.parent.name == "val" for c in val) and len(index.select("test")) == 4 and len(index.select("train")) == 2
+    rows = list(csv.DictReader(open(tmp_path / "val" / "synth_manifest.csv")))
+    assert sum(r["split"] == "val" for r in rows) == 8 and all(r["fault"] for r in rows if r["split"] == "val" and r["label"] == "anomaly")
+    assert "fan: train 1, val 4, test 2" in index.summary() and ", val " not in scan_dataset(tmp_path / "plain").summary()
+
+
+def test_cli_rejects_a_negative_val(tmp_path):
+    res = CliRunner().invoke(synth_main, [str(tmp_path / "o"), "--val", "-1"])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "--val >= 0" in res.output

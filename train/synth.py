@@ -417,6 +417,7 @@ class SynthConfig:
     seed: int = 0
     severity: float = 1.0
     snr_db: tuple[float, float] = (0.0, 6.0)
+    val: int = 0  # labelled validation clips per id, normal and anomalous each, in <type>/val/ (mtad-export's accuracy control)
 
 
 def _seed_for(*parts) -> np.random.SeedSequence:
@@ -479,4 +480,7 @@ def plan_jobs(cfg: SynthConfig) -> list[ClipJob]:
             jobs += [ClipJob(mtype, mid, "train", None, i) for i in range(cfg.train)]
             jobs += [ClipJob(mtype, mid, "test", None, i) for i in range(cfg.test)]
             jobs += [ClipJob(mtype, mid, "test", faults[i % len(faults)], i) for i in range(cfg.test)]
+            # After train and test, and seeded by split name: adding a val split leaves those files byte-identical.
+            jobs += [ClipJob(mtype, mid, "val", None, i) for i in range(cfg.val)]
+            jobs += [ClipJob(mtype, mid, "val", faults[i % len(faults)], i) for i in range(cfg.val)]
     return jobs

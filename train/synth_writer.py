@@ -30,7 +30,8 @@ def _write_one(args: tuple[SynthConfig, ClipJob, str]) -> str:
 
 
 def write_dataset(cfg: SynthConfig, out: str | Path, workers: int | None = None, progress: bool = True) -> list[ClipJob]:
-    """Render every clip of ``cfg`` into ``out`` (DCASE2020 layout) and a ``synth_manifest.csv``.
+    """Render every clip of ``cfg`` into ``out`` (DCASE2020 layout, plus ``<type>/val/`` when
+    ``cfg.val`` > 0) and a ``synth_manifest.csv``.
 
     The manifest lists each file's fault kind, which the DCASE names do not carry.
     """

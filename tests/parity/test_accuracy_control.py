@@ -53,6 +53,25 @@ def test_loop_keeps_layers_in_float_until_within_budget(tiny_bundle, calib, tmp_
     assert excluded and all(producers.get(i) != "DequantizeLinear" for n in excluded for i in n.input[1:2])
 
 
+def test_drift_loop_judges_rank_and_relative_error_on_normals(tiny_bundle, calib, tmp_path):
+    reference = [Scored(f"c{i}", "fan/id_00", 0, float(i), 0.5) for i in range(10)]
+    calls = []
+
+    def score_variant(runner):  # first build: ranks reversed (rho -1); then within 1 % of the spread
+        calls.append(runner)
+        if len(calls) == 1:
+            return [Scored(r.key, r.machine, 0, -r.score, r.threshold) for r in reference]
+        return [Scored(r.key, r.machine, 0, r.score + 0.01, r.threshold) for r in reference]
+
+    logs = []
+    info = accuracy_controlled_int8(tiny_bundle / "models" / "fp32.onnx", calib, tmp_path / "int8.onnx", reference, score_variant,
+                                    budget=0.01, log=logs.append, score_budget={"min_spearman": 0.95, "max_rel_error": 0.25})
+    rounds = info["accuracy_rounds"]
+    assert [r["over_budget"] for r in rounds] == [["fan/id_00"], []] and rounds[0]["min_spearman"] == pytest.approx(-1)
+    assert rounds[1]["max_rel_error"] < 0.01 and info["accuracy_criterion"] == "score_drift" and len(info["excluded_nodes"]) == 2
+    assert "max relative score error" in logs[0] and "dAUC" not in logs[0]
+
+
 def test_loop_gives_up_with_a_clear_error(tiny_bundle, calib, tmp_path):
     reference = [Scored(f"c{i}", "fan/id_00", i % 2, float(i % 2), 0.5) for i in range(10)]
     never = lambda runner: [Scored(r.key, r.machine, r.label, -r.score, r.threshold) for r in reference]  # noqa: E731
@@ -62,11 +81,15 @@ def test_loop_gives_up_with_a_clear_error(tiny_bundle, calib, tmp_path):
 
 
 def test_export_with_accuracy_budget_records_it(tiny_run, tiny_synth, tmp_path):
+    # tiny_synth has no labelled validation split: INT8 is selected on score drift over held-out normals
     export_bundle(tiny_run, tmp_path / "b", int8=True, calib_data=tiny_synth, calib_windows=128, accuracy_budget={"int8": 0.05},
                   progress=False, log=lambda m: None)
-    q = yaml.safe_load((tmp_path / "b" / "manifest.yaml").read_text())["calibration"]["quantization"]
+    m = yaml.safe_load((tmp_path / "b" / "manifest.yaml").read_text())
+    q = m["calibration"]["quantization"]
     assert q["accuracy_budget"] == 0.05 and isinstance(q["excluded_nodes"], list)
-    assert q["accuracy_rounds"][-1]["over_budget"] == []
+    assert q["accuracy_criterion"] == "score_drift" and q["score_budget"] == {"min_spearman": 0.95, "max_rel_error": 0.25}
+    assert q["accuracy_rounds"][-1]["over_budget"] == [] and q["accuracy_rounds"][0]["max_rel_error"] < 0.25
+    assert m["data_sets"]["accuracy_control"]["kind"] == "normals_drift"
     load_bundle(tmp_path / "b").onnx_runner("int8", "CPUExecutionProvider")
 
 

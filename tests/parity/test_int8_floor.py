@@ -75,7 +75,7 @@ def test_export_refuses_int8_below_the_floor_in_one_line(tiny_run, tiny_synth, t
 
 
 @pytest.mark.slow
-def test_accuracy_control_that_cannot_meet_the_budget_above_the_floor_writes_no_int8(tiny_run, tiny_synth, tmp_path, monkeypatch):
+def test_accuracy_control_that_cannot_meet_the_budget_above_the_floor_writes_no_int8(tiny_run, tiny_synth, tiny_val, tmp_path, monkeypatch):
     import mtad.export.accuracy_control as ac
 
     real_compare = ac.compare
@@ -86,7 +86,8 @@ def test_accuracy_control_that_cannot_meet_the_budget_above_the_floor_writes_no_
 
     monkeypatch.setattr(ac, "compare", never_within_budget)
     res = CliRunner().invoke(export_main, ["--run", str(tiny_run), "--out", str(tmp_path / "b"), "--int8", "--calib-data", str(tiny_synth),
-                                           "--calib-windows", "128", "--accuracy-budget", "0.01", "--int8-floor", "0.9", "--quiet"])
+                                           "--calib-windows", "128", "--accuracy-budget", "0.01", "--int8-floor", "0.9",
+                                           "--val-data", str(tiny_val), "--quiet"])
     assert res.exit_code == 1, res.output
     line = res.output.strip()
     assert "\n" not in line and line.startswith("error: INT8 cannot meet the accuracy budget 0.01 with >= 90% of MACs quantised")

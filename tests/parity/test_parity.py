@@ -64,7 +64,10 @@ def test_cli_exit_zero_json_and_plot(tiny_run, tiny_bundle, tiny_synth, tmp_path
                                            "--json", str(tmp_path / "p.json"), "--plot", str(tmp_path / "p.png"), "--quiet"])
     assert res.exit_code == 0, res.output
     assert "all within budget" in res.output and "tensorrt: skipped" in res.output
+    sets = next(line for line in res.output.splitlines() if line.startswith("sets: "))
+    assert "accuracy control none" in sets and "report 128 labelled test clips (64 normal + 64 anomalous)" in sets
     report = json.loads((tmp_path / "p.json").read_text())
+    assert report["data_sets"]["report"]["n_clips"] == 128 and report["data_sets"]["calibration"]["kind"] == "training_normals"
     assert report["budgets"] == DEFAULT_BUDGETS and "onnxruntime-int8" in report["variants"]
     assert (tmp_path / "p.png").stat().st_size > 1000
 
