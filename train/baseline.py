@@ -23,7 +23,7 @@ def clip_summary(logmel: np.ndarray) -> np.ndarray:
 def baseline_aucs(index: DatasetIndex) -> dict[tuple[str, str], tuple[float, float]]:
     """``{(type, id): (auc, pauc)}`` of the mean/std log-mel Mahalanobis baseline."""
     extract = LogMelExtractor()
-    feats = {c.path: clip_summary(extract(load_audio(c.path))) for c in index.clips}
+    feats = {c.path: clip_summary(extract(load_audio(c.path))) for c in index.clips if c.split in ("train", "test")}  # not val clips
     results = {}
     for mtype, mid in index.machines("test"):
         train = [feats[c.path] for c in index.select("train", mtype) if c.machine_id == mid]
