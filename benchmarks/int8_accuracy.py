@@ -775,18 +775,11 @@ def render(summary: dict, cpu: str) -> str:
 
 
 def cpu_name() -> str:
+    from mtad.edge_runtime.bench import cpu_model_name
     from mtad.edge_runtime.runners import cpu_int8_features
 
-    name = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     feats = cpu_int8_features()
-    return f"{name}, int8 dot products: {'/'.join(feats) if feats else 'none (no VNNI)'}"
+    return f"{cpu_model_name()}, int8 dot products: {'/'.join(feats) if feats else 'none (no VNNI)'}"
 
 
 def main() -> None:

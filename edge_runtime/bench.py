@@ -97,16 +97,19 @@ def format_results(results: list[dict], machine_desc: str) -> str:
     return "\n".join(lines)
 
 
-def machine_description() -> str:
-    import platform
-
-    cpu = "unknown CPU"
+def cpu_model_name() -> str:
+    """The CPU's model name from /proc/cpuinfo, or "unknown CPU"."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
+    return "unknown CPU"
+
+
+def machine_description() -> str:
+    import platform
+
+    return f"{cpu_model_name()}, {os.cpu_count()} logical cores, {platform.system()} {platform.machine()}"
 
