@@ -185,8 +185,6 @@ def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
     Where ``n`` is too small for that, the fallback is the normal-theory prediction bound
     ``mean + std * sqrt(1 + 1/n) * t_{n-1}(1 - far)``.
     """
-    from scipy import stats as sstats
-
     s = np.asarray(scores, np.float64)
     n = s.size
     if n < 2:
@@ -194,6 +192,8 @@ def prediction_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
     k = conformal_rank(n, false_alarm_rate)
     if k is not None:
         return float(np.sort(s)[k - 1])
+    from scipy import stats as sstats
+
     return float(s.mean() + s.std(ddof=1) * np.sqrt(1 + 1 / n) * sstats.t.ppf(1 - false_alarm_rate, n - 1))
 
 

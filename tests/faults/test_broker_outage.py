@@ -44,6 +44,16 @@ def _received(sub, suffix):
     return {g["seq"]: g for g in got}, len(got) - len({g["seq"] for g in got})
 
 
+def _score_through_outage(scorer, broker, pub, lines, seconds, down_after, up_after, events) -> None:
+    """Score ``seconds`` of simulated microphone audio (3 s windows every 0.5 s, at 3x real time)
+    into ``lines`` and MQTT, while the broker stops after ``down_after`` windows and restarts
+    after ``up_after``."""
+    outage = _outage(broker, lines, down_after=down_after, up_after=up_after, log=events)
+    run_microphone(scorer, "fan/id_00", FanoutSink([lines, MqttSink(pub)]), {}, window_s=3.0, hop_s=0.5, heartbeat_s=60,
+                   pyaudio_module=SimulatedPyAudio(_stream(seconds), speed=3.0), log=lambda m: None)
+    outage.join(30)
+
+
 def test_nothing_lost_within_the_queue_bound(scorer, tmp_path):
     broker = Mosquitto(tmp_path / "broker").start()
     sub = Subscriber(broker.port, "mtad/#")  # persistent session: the broker keeps its messages across the restart
@@ -51,11 +61,8 @@ def test_nothing_lost_within_the_queue_bound(scorer, tmp_path):
     pub = MqttPublisher(MqttConfig.from_url(f"mqtt://127.0.0.1:{broker.port}/mtad", client_id="edge-outage"), log=logs.append)
     lines = ListSink()
     try:
-        outage = _outage(broker, lines, down_after=8, up_after=30, log=events)
         # 30 s of audio at 3x real time, a window every 0.5 s of audio: ~6 s of wall time without a broker
-        run_microphone(scorer, "fan/id_00", FanoutSink([lines, MqttSink(pub)]), {}, window_s=3.0, hop_s=0.5, heartbeat_s=60,
-                       pyaudio_module=SimulatedPyAudio(_stream(30), speed=3.0), log=lambda m: None)
-        outage.join(30)
+        _score_through_outage(scorer, broker, pub, lines, seconds=30, down_after=8, up_after=30, events=events)
         pub.close(timeout=30)
         windows = lines.windows()
         scores, repeats = _received(sub, "fan/id_00/score")
@@ -88,10 +95,7 @@ def test_beyond_the_bound_drops_are_counted_reported_and_exported(scorer, tmp_pa
     metrics.attach_mqtt(pub)
     lines = ListSink()
     try:
-        outage = _outage(broker, lines, down_after=5, up_after=25, log=events)
-        run_microphone(scorer, "fan/id_00", FanoutSink([lines, MqttSink(pub)]), {}, window_s=3.0, hop_s=0.5, heartbeat_s=60,
-                       pyaudio_module=SimulatedPyAudio(_stream(20), speed=3.0), log=lambda m: None)
-        outage.join(30)
+        _score_through_outage(scorer, broker, pub, lines, seconds=20, down_after=5, up_after=25, events=events)
         deadline = time.monotonic() + 30
         while pub.pending and time.monotonic() < deadline:
             time.sleep(0.1)
