@@ -376,7 +376,6 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
         if ctx.is_main:
             save_checkpoint(ckpt_path, model=model, optimizer=optimizer, cfg=cfg, feature_cfg=feature_cfg, class_map=class_map, norms=norms, epoch=len(history),
                             history=history, extra={"early_stopping": stopper.to_dict()})
-            _write_log(out, history)
     if not ctx.is_main:  # rank 0 alone plots and fits the scoring statistics; the others are done
         # (no barrier: a collective held while rank 0 scores clips would be cut off by --timeout)
         return TrainResult(out, history, None, len(train_idx), len(stats_idx), store.failed, time.time() - t_start, stopper.best_epoch if stopper else None)
