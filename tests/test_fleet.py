@@ -97,7 +97,7 @@ def test_every_line_and_alert_reaches_the_broker(broker, scorer, fan_audio):
     assert sorted(g["seq"] for g in got) == list(range(1, len(windows) + 1))
     alerts = [json.loads(p) for p in sub.wait_for("fan/id_00/alert", 2, 5)]
     assert len(alerts) == sum(r["anomaly"] for r in windows) >= 2 and alerts[-1]["score"] == 11.0
-    status = [json.loads(p) for p in sub.topics("status/edge-1")]
+    status = [json.loads(p) for p in sub.wait_for("status/edge-1", 2, 5)]  # the offline notice may still be in flight
     assert [s["state"] for s in status] == ["online", "offline"] and status[-1]["reason"] == "stopped"
     assert pub.dropped == 0 and pub.pending == 0
     sub.close()
