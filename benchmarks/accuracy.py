@@ -36,7 +36,6 @@ from mtad.train.checkpoint import norms_from_checkpoint
 from mtad.train.config import TrainConfig, load_config
 from mtad.train.evaluate import load_run, score_outputs
 from mtad.train.feature_cache import load_features
-from mtad.train import stats as stats_module
 from mtad.train.stats import fit_scoring_stats
 from mtad.train.synth import SynthConfig
 from mtad.train.synth_writer import write_dataset
@@ -54,12 +53,15 @@ VARIANTS = {
 # (variant, label, scoring, components[, spectral statistic]); the first row is the default.
 # "v1" rows use the previous spectral statistic (band mean and std only), for the ablation.
 METHODS = [
-    ("multitask", "default: fusion recon+spectral", "fusion", ("recon", "spectral")),
+    ("multitask", "default: fusion recon+spectral+envelope", "fusion", ("recon", "spectral", "envelope")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
     ("multitask", "component recon (per-id)", "fusion", ("recon",)),
     ("multitask", "component spectral", "fusion", ("spectral",)),
+    ("multitask", "component envelope", "fusion", ("envelope",)),
+    ("multitask", "fusion spectral+envelope (no model)", "fusion", ("spectral", "envelope")),
+    ("multitask", "fusion recon+spectral (previous default)", "fusion", ("recon", "spectral")),
     ("multitask", "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
-    ("multitask", "fusion recon+spectral v1 (previous default)", "fusion", ("recon", "spectral"), "v1"),
+    ("multitask", "fusion recon+spectral v1 (default before spectral v2)", "fusion", ("recon", "spectral"), "v1"),
     ("multitask", "component class", "fusion", ("class",)),
     ("multitask", "component embed", "fusion", ("embed",)),
     ("multitask", "fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
@@ -90,12 +92,12 @@ def spectral_statistic(version: str):
     if version != "v1":
         yield
         return
-    saved = scoring.spectral_vector, stats_module.spectral_vector
-    scoring.spectral_vector = stats_module.spectral_vector = spectral_v1
+    saved = scoring.spectral_vector
+    scoring.spectral_vector = spectral_v1
     try:
         yield
     finally:
-        scoring.spectral_vector, stats_module.spectral_vector = saved
+        scoring.spectral_vector = saved
 
 
 def synthesise(out: Path, seed: int, n_test: int) -> Path:

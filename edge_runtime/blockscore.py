@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from .audio import to_mono
+from .envelope import EnvelopeStats
 from .errors import AudioError
 from .scoring import ClipEvidence, SpectralStats
 
@@ -43,6 +44,7 @@ class _ClipSums:
         self.x_offset = 0
         self.next_start = 0  # next regular window start
         self.spectral = SpectralStats(n_mels)  # also holds the per-bin log-mel sums
+        self.envelope = EnvelopeStats() if scorer.bundle.stats.needs_envelope else None
         self.err_sq = np.zeros(n_mels)  # per-bin sum of squared next-frame error
         self.pending: tuple[int, np.ndarray] | None = None  # (start, residual) of the last regular window
         self.logits: list[np.ndarray] = []
@@ -55,6 +57,10 @@ class _ClipSums:
             return
         self.n_samples += len(audio)
         self.nonzero = self.nonzero or bool(np.any(audio))
+        if self.envelope is not None:
+            t0 = time.perf_counter()
+            self.envelope.add(audio)
+            self.times["frontend"] += time.perf_counter() - t0
         self.padded = np.concatenate([self.padded, audio])
         self._frames(final=False)
 
@@ -148,7 +154,8 @@ class _ClipSums:
         mean, std = self.spectral.mean_std()
         logmel = np.stack([mean - std, mean + std], axis=1)
         embedding = None if self.emb_sum is None else (self.emb_sum / sum(len(x) for x in self.logits))[None, :]
-        return ClipEvidence(residual, np.concatenate(self.logits), logmel, embedding, self.spectral.vector()), self.times
+        envelope = None if self.envelope is None else self.envelope.vector()
+        return ClipEvidence(residual, np.concatenate(self.logits), logmel, embedding, self.spectral.vector(), envelope), self.times
 
 
 def score_blocks(scorer, path, machine: str, channel, block_seconds: float):

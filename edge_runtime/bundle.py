@@ -23,7 +23,7 @@ from .runners import OnnxRuntimeRunner, Precision
 from .scoring import ScoringStats
 
 FORMAT = "mtad-bundle"
-SCHEMA_VERSION = 3  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics
+SCHEMA_VERSION = 4  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics; 4: envelope component
 MANIFEST = "manifest.yaml"
 
 

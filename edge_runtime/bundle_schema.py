@@ -24,6 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 from .constants import PRECISIONS, TASKS, VARIANT_KINDS
 from .errors import BundleError
 from .hashing import sha256_bytes, sha256_file
+from .envelope import envelope_dim
 from .scoring import COMPONENTS, RECON_BAND, SCORINGS, n_bands, spectral_dim, uses_mse
 
 STATS = "stats.npz"
@@ -343,7 +344,8 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
                 fail(f"type/{t}/{n}", f"missing (paper scoring of a {task} model)")
         return
 
-    dims = {"recon": n_bands(n_bins, RECON_BAND) if n_bins else None, "spectral": spectral_dim(n_bins) if n_bins else None}
+    dims = {"recon": n_bands(n_bins, RECON_BAND) if n_bins else None, "spectral": spectral_dim(n_bins) if n_bins else None,
+            "envelope": envelope_dim()}
     embed_dims = {v.shape[0] for k, v in tables["centre"].items() if k.startswith("embed|")}
     if len(embed_dims) > 1:
         fail("centre|embed", f"embedding centres differ in size ({sorted(embed_dims)})")

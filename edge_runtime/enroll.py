@@ -28,6 +28,7 @@ import yaml
 from .atomic import replace_dir, sweep_stale
 from .audio import load_audio
 from .bundle import MANIFEST, STATS, Bundle, load_bundle
+from .envelope import envelope_vector
 from .errors import AudioError, BundleError, ConfigError
 from .features import LogMelExtractor
 from .hashing import sha256_file
@@ -89,7 +90,8 @@ def _evidence(bundle: Bundle, runner, extract: LogMelExtractor, machine_type: st
     logmel = extract(audio)
     x = bundle.stats.type_stats(machine_type).norm.apply(logmel)
     residual, logits, embedding = clip_outputs(x, runner.infer, bundle.window, bundle.warmup)
-    return ClipEvidence(residual, logits, logmel, embedding)
+    envelope = envelope_vector(audio) if bundle.stats.needs_envelope else None
+    return ClipEvidence(residual, logits, logmel, embedding, envelope=envelope)
 
 
 def fit_enrollment(stats: ScoringStats, machine: str, evidence: list[ClipEvidence]) -> ScoringStats:

@@ -11,6 +11,7 @@ import numpy as np
 from .audio import load_audio, validate
 from .bundle import Bundle
 from .dataset import parse_machine_from_path
+from .envelope import envelope_vector
 from .errors import AudioError, BundleError
 from .features import FeatureConfig, LogMelExtractor
 from .scoring import ClipEvidence
@@ -70,6 +71,7 @@ class EdgeScorer:
         validate(audio, self.sample_rate, name, min_seconds=self.min_samples / self.sample_rate)
         t0 = time.perf_counter()
         logmel = self.extract(audio)
+        envelope = envelope_vector(audio) if self.bundle.stats.needs_envelope else None
         x = self.bundle.stats.type_stats(machine.split("/")[0]).norm.apply(logmel)
         t1 = time.perf_counter()
         timing = {}
@@ -82,7 +84,7 @@ class EdgeScorer:
 
         residual, logits, embedding = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
         t2 = time.perf_counter()
-        parts = self.bundle.stats.score_parts(machine, ClipEvidence(residual, logits, logmel, embedding))
+        parts = self.bundle.stats.score_parts(machine, ClipEvidence(residual, logits, logmel, embedding, envelope=envelope))
         threshold = self.bundle.stats.threshold(machine)
         t3 = time.perf_counter()
         inference = timing["inference"]

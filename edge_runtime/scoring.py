@@ -17,7 +17,9 @@ Two scorings share one statistics file:
     window embeddings) to the id's centre;
   - ``spectral``: Mahalanobis distance of the clip's log-mel statistics (band mean, std,
     frame-to-frame change and modulation power; :func:`spectral_vector`) to the id's centre
-    (covariance shared within the type). No model involved.
+    (covariance shared within the type). No model involved;
+  - ``envelope``: the same distance for the waveform's envelope statistics (each band's level
+    modulation up to 62.5 Hz and its spectral kurtosis; :mod:`envelope`). No model involved.
 
 Single-task runs (``recon``, ``classify``) score with their one model score under ``paper``.
 """
@@ -35,8 +37,9 @@ from .features import HOP_LENGTH, SAMPLE_RATE, Normalization
 
 MSE_TYPES = frozenset({"valve", "slider"})  # sound spread over the whole band (paper)
 SCORINGS = ("fusion", "paper")
-COMPONENTS = ("recon", "class", "embed", "spectral")
-DEFAULT_COMPONENTS = ("recon", "spectral")
+COMPONENTS = ("recon", "class", "embed", "spectral", "envelope")
+MODEL_FREE = ("spectral", "envelope")  # components computed from the audio alone
+DEFAULT_COMPONENTS = ("recon", "spectral", "envelope")
 LOG_EPS = 1e-6  # floor inside log() of squared errors and distances
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH  # log-mel frames per second
 # Adjacent mel bins pooled into bands before the per-id Gaussians: with ~10-40 normals per id,
@@ -53,7 +56,7 @@ def uses_mse(machine_type: str) -> bool:
 
 def task_components(task: str) -> tuple[str, ...]:
     """The fusion components a model trained for ``task`` can provide."""
-    return {"multitask": COMPONENTS, "recon": ("recon", "spectral"), "classify": ("class", "embed", "spectral")}[task]
+    return {"multitask": COMPONENTS, "recon": ("recon",) + MODEL_FREE, "classify": ("class", "embed") + MODEL_FREE}[task]
 
 
 def mahalanobis(x: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> float:
@@ -230,6 +233,7 @@ class ClipEvidence:
     logmel: np.ndarray  # (n_mels, T)
     embedding: np.ndarray | None = None  # (N windows, E) ResNet embeddings
     spectral: np.ndarray | None = None  # spectral_vector(logmel), when computed on the way (long files)
+    envelope: np.ndarray | None = None  # envelope_vector(audio): needs the waveform, so the caller computes it
 
 
 @dataclass
@@ -290,6 +294,11 @@ class ScoringStats:
         return self.types[machine_type]
 
     @property
+    def needs_envelope(self) -> bool:
+        """Whether scoring needs :func:`envelope.envelope_vector` of the clip's audio."""
+        return self.scoring == "fusion" and "envelope" in self.components
+
+    @property
     def needs_model(self) -> bool:
         """False when the final score uses no model output (spectral-only fusion)."""
         return self.scoring == "paper" or any(c in ("recon", "class") for c in self.components)
@@ -325,6 +334,10 @@ class ScoringStats:
             return embedding_vector(ev.embedding)
         if component == "recon":
             return log_error_vector(ev.residual)
+        if component == "envelope":
+            if ev.envelope is None:
+                raise BundleError("the envelope score needs the clip's envelope statistics (computed from its audio)")
+            return ev.envelope
         return ev.spectral if ev.spectral is not None else spectral_vector(ev.logmel)
 
     def component_score(self, component: str, machine: str, ev: ClipEvidence) -> float:

@@ -6,7 +6,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 
-from mtad.edge_runtime.bundle import load_bundle
+from mtad.edge_runtime.bundle import SCHEMA_VERSION, load_bundle
 from mtad.edge_runtime.errors import BundleError, ConfigError
 from mtad.edge_runtime.runners import OnnxRuntimeRunner, cpu_int8_features
 from mtad.export.bundle_writer import export_bundle
@@ -42,9 +42,9 @@ def test_int8_is_symmetric_qdq(tiny_bundle):
 
 def test_manifest_is_self_describing(tiny_bundle):
     m = yaml.safe_load((tiny_bundle / "manifest.yaml").read_text())
-    assert m["schema_version"] == 3 and m["feature_config"]["n_fft"] == 2048
+    assert m["schema_version"] == 4 and m["feature_config"]["n_fft"] == 2048
     assert m["source_run"] == "tiny"  # a name, not a path of the build machine
-    assert m["scoring"]["method"] == "fusion" and m["scoring"]["components"] == ["recon", "spectral"]
+    assert m["scoring"]["method"] == "fusion" and m["scoring"]["components"] == ["recon", "spectral", "envelope"]
     assert m["scoring"]["stats_holdout"] == 0.25 and set(m["scoring"]["heldout_clips_per_machine"].values()) == {4}
     assert m["inference"]["opset"] == 17 and m["inference"]["window"] == m["model_config"]["window"]
     assert set(m["files"]) >= {"models/fp32.onnx", "models/fp16.onnx", "models/int8.onnx", "stats.npz"}
@@ -60,8 +60,8 @@ def test_manifest_is_self_describing(tiny_bundle):
 
 @pytest.mark.parametrize("tamper, message", [
     (lambda b: (b / "models" / "fp16.onnx").write_bytes((b / "models" / "fp16.onnx").read_bytes()[:-10] + b"0123456789"), "does not match its sha256"),
-    (lambda b: _edit(b, lambda m: m.update(schema_version=4)), "newer than this runtime supports"),
-    (lambda b: _edit(b, lambda m: m.update(schema_version=1)), "older than this runtime supports.*re-export"),
+    (lambda b: _edit(b, lambda m: m.update(schema_version=SCHEMA_VERSION + 1)), "newer than this runtime supports"),
+    (lambda b: _edit(b, lambda m: m.update(schema_version=SCHEMA_VERSION - 1)), "older than this runtime supports.*re-export"),
     (lambda b: _edit(b, lambda m: m["feature_config"].update(n_fft=1024)), "feature settings differ.*n_fft 1024 != 2048"),
     (lambda b: (b / "stats.npz").unlink(), "stats.npz is listed in the manifest but missing"),
     (lambda b: (b / "manifest.yaml").unlink(), "not a bundle"),

@@ -20,7 +20,7 @@ from mtad.edge_runtime.scoring import SCORINGS
 @click.option("--refit", is_flag=True, help="Refit scoring statistics and thresholds on DATA's training normals first.")
 @click.option("--stats-holdout", type=float, help="With --refit: 0 fits in-sample on every training normal (default: the run's own held-out split).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="With --refit: fusion (default) or paper (the paper's 2-D Mahalanobis).")
-@click.option("--components", help="With --refit and fusion: comma-separated subset of recon,class,spectral.")
+@click.option("--components", help="With --refit and fusion: comma-separated subset of recon,class,embed,spectral,envelope.")
 @click.option("--baseline", is_flag=True, help="Also score DATA with the simple baseline (per-id log-mel mean/std statistics) and compare.")
 @click.option("--quiet", is_flag=True)
 @report_errors

@@ -122,7 +122,8 @@ def score_split(run: LoadedRun, index: DatasetIndex, runner=None, split: str = "
         raise DatasetError(f"{index.root}: no {split} clips of the machines this run was trained on ({', '.join(sorted(known))})")
     store = load_features(clips, progress=progress)
     runner = runner or run.runner()
-    outputs = compute_outputs(runner, store, list(range(len(store))), {t: s.norm for t, s in run.stats.types.items()}, run.model_cfg, progress, desc=f"scoring {split}")
+    outputs = compute_outputs(runner, store, list(range(len(store))), {t: s.norm for t, s in run.stats.types.items()}, run.model_cfg, progress, desc=f"scoring {split}",
+                              envelope=run.stats.needs_envelope)
     return score_outputs(run.stats, store.clips, outputs), dict(store.failed)
 
 

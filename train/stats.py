@@ -13,6 +13,7 @@ from mtad.edge_runtime.features import Normalization
 from mtad.edge_runtime.scoring import (
     DEFAULT_COMPONENTS,
     MIN_CALIBRATION_CLIPS,
+    MODEL_FREE,
     ClipEvidence,
     ScoringStats,
     TypeStats,
@@ -21,7 +22,6 @@ from mtad.edge_runtime.scoring import (
     error_vector,
     mahalanobis,
     prediction_threshold,
-    spectral_vector,
     task_components,
     uses_mse,
 )
@@ -79,11 +79,11 @@ def fit_scoring_stats(
     false_alarm_rate: float = 0.1,
     scoring: str = "fusion",
     components: tuple[str, ...] = DEFAULT_COMPONENTS,
-    extra_normals: list[tuple[str, np.ndarray]] = (),
+    extra_normals: list[tuple[str, ClipEvidence | np.ndarray]] = (),
 ) -> tuple[ScoringStats, dict[str, list[float]]]:
     """Fit statistics and thresholds from ``held``: ``(machine, evidence)`` of normals the model
-    never trained on. ``extra_normals`` (``(machine, raw log-mel)`` of the clips the model did
-    train on) join the fit of the model-free ``spectral`` component only.
+    never trained on. ``extra_normals`` (``(machine, evidence or raw log-mel)`` of the clips the
+    model did train on) join the fit of the model-free components (``spectral``, ``envelope``) only.
 
     Returns the stats and each machine's held-out final scores, computed out of sample
     (leave-one-out), which set the thresholds.
@@ -105,10 +105,10 @@ def fit_scoring_stats(
             f"too few held-out normals to calibrate scores and thresholds: {', '.join(f'{m} has {n}' for m, n in sorted(few.items()))} "
             f"(need >= {MIN_CALIBRATION_CLIPS} per id); add training clips or raise --stats-holdout"
         )
-    extra: dict[str, list[np.ndarray]] = defaultdict(list)
-    for m, logmel in extra_normals:
+    extra: dict[str, list[ClipEvidence]] = defaultdict(list)
+    for m, item in extra_normals:
         if m in by_machine:
-            extra[m].append(spectral_vector(logmel))
+            extra[m].append(item if isinstance(item, ClipEvidence) else ClipEvidence(None, None, item))
     raw: dict[str, dict[str, np.ndarray]] = {}  # component -> machine -> out-of-sample raw scores of held clips
     for comp in components:
         if comp == "class":
@@ -123,7 +123,12 @@ def fit_scoring_stats(
         for t in sorted({m.split("/")[0] for m in by_machine}):
             machines = [m for m in by_machine if m.split("/")[0] == t]
             vecs = {m: np.stack([st.component_vector(comp, ev) for ev in by_machine[m]]) for m in machines}
-            fixed = {m: np.stack(extra[m]) for m in machines if comp == "spectral" and extra[m]}
+            fixed = {}
+            if comp in MODEL_FREE:
+                for m in machines:
+                    rows = [st.component_vector(comp, ev) for ev in extra[m] if comp != "envelope" or ev.envelope is not None]
+                    if rows:
+                        fixed[m] = np.stack(rows)
             full = {m: np.concatenate([vecs[m], fixed[m]]) if m in fixed else vecs[m] for m in machines}
             centres, precision = shared_gaussian(full)
             st.precisions[f"{comp}|{t}"] = precision

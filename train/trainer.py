@@ -28,6 +28,7 @@ from .config import RunConfig, save_config, with_classes
 from .feature_cache import FeatureStore, load_features
 from . import pseudo_anomalies
 from .early_stopping import EarlyStopping, heldout_loss, heldout_windows
+from .envelope_features import clip_envelope
 from .model import MultitaskModel
 from .reference import TorchRunner
 from .stats import MIN_CALIBRATION_CLIPS, fit_scoring_stats
@@ -157,23 +158,27 @@ def plot_losses(run_dir: Path, history: list[dict]) -> None:
     plt.close(fig)
 
 
-def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, model_cfg, progress=False, desc="scoring") -> list[tuple[str, ClipEvidence]]:
-    """``(machine, evidence)`` for each clip, through the shared windowing code."""
+def compute_outputs(runner, store: FeatureStore, indices: list[int], norms, model_cfg, progress=False, desc="scoring",
+                    envelope: bool = True) -> list[tuple[str, ClipEvidence]]:
+    """``(machine, evidence)`` for each clip, through the shared windowing code; ``envelope``:
+    also read each clip's audio for its envelope statistics."""
     out = []
     for i in tqdm(indices, desc=desc, unit="clip", disable=None if progress else True):
         c = store.clips[i]
         logmel = np.asarray(store.get(i))
         residual, logits, embedding = clip_outputs(norms[c.machine_type].apply(logmel), runner.infer, model_cfg.window, model_cfg.warmup)
-        out.append((c.machine, ClipEvidence(residual, logits, logmel, embedding)))
+        out.append((c.machine, ClipEvidence(residual, logits, logmel, embedding, envelope=clip_envelope(c.path) if envelope else None)))
     return out
 
 
-def stats_inputs(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, progress=False):
+def stats_inputs(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, progress=False,
+                 envelope: bool = True):
     """What the scoring statistics are fitted on: model outputs of the held-out normals, and the
-    raw log-mel of the clips the model trained on (for the model-free spectral component)."""
-    held = compute_outputs(runner, store, stats_idx, norms, model_cfg, progress, desc="fitting scoring stats")
+    audio statistics of the clips the model trained on (for the model-free components)."""
+    held = compute_outputs(runner, store, stats_idx, norms, model_cfg, progress, desc="fitting scoring stats", envelope=envelope)
     held_set = set(stats_idx)
-    extra = [(store.clips[i].machine, np.asarray(store.get(i))) for i in train_idx if i not in held_set]
+    extra = [(store.clips[i].machine, ClipEvidence(None, None, np.asarray(store.get(i)), envelope=clip_envelope(store.clips[i].path) if envelope else None))
+             for i in train_idx if i not in held_set]
     return held, extra
 
 
@@ -182,7 +187,8 @@ def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: 
     if set(train_idx) & set(stats_idx):
         log("warning: --stats-holdout 0: scoring statistics and thresholds are fitted on the clips the model trained on "
             "(in-sample); expect more false alarms than the target rate")
-    held, extra = stats_inputs(runner, store, train_idx, stats_idx, norms, model_cfg, progress)
+    held, extra = stats_inputs(runner, store, train_idx, stats_idx, norms, model_cfg, progress,
+                               envelope=tcfg.scoring == "fusion" and "envelope" in tcfg.fusion_components)
     stats, finals = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra)
     few = sorted(m for m, v in finals.items() if conformal_rank(len(v), tcfg.false_alarm_rate) is None)
     if few and tcfg.scoring != "paper":

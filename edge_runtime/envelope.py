@@ -1,0 +1,91 @@
+"""Envelope statistics of a clip, from the waveform (the ``envelope`` score component).
+
+Many machine faults show as a band's level swelling and decaying at a machine rate: imbalance
+and rubbing once per shaft revolution (14-30 Hz on a fan), gear damage at the wheel rate, bearing
+and cavitation impact trains. Envelope analysis, the classic tool of vibration diagnostics,
+looks at the spectrum of a band's level over time. The log-mel runs at 31.25 frames/s, so it
+sees level changes only up to 15.6 Hz; here a short STFT (512 samples, hop 128: 125 frames/s)
+gives each band's level up to 62.5 Hz.
+
+Per band (12 bands, log-spaced 150-7200 Hz): the log power of the band's log level in 7 octave
+modulation ranges, 0.5-62.5 Hz. 84 numbers per clip. (Per-band spectral kurtosis was tried as
+well and added nothing measurable on the synthetic set, so it is not part of the statistic.) :class:`EnvelopeStats` accumulates them from consecutive chunks of audio
+(long files, block by block) with the same result as one call on the whole clip.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .features import SAMPLE_RATE
+
+ENVELOPE_NFFT = 512
+ENVELOPE_HOP = 128
+ENVELOPE_FRAME_RATE = SAMPLE_RATE / ENVELOPE_HOP  # 125 level samples per second
+ENVELOPE_BAND_EDGES_HZ = tuple(float(f) for f in np.geomspace(150.0, 7200.0, 13))
+ENVELOPE_MODULATION_EDGES_HZ = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, ENVELOPE_FRAME_RATE / 2)
+MIN_ENVELOPE_FRAMES = 16
+_EPS = 1e-10
+
+
+def envelope_dim() -> int:
+    """Length of :func:`envelope_vector`."""
+    return (len(ENVELOPE_BAND_EDGES_HZ) - 1) * (len(ENVELOPE_MODULATION_EDGES_HZ) - 1)
+
+
+def _band_bins() -> list[np.ndarray]:
+    freqs = np.fft.rfftfreq(ENVELOPE_NFFT, 1.0 / SAMPLE_RATE)
+    return [np.flatnonzero((freqs >= lo) & (freqs < hi)) for lo, hi in zip(ENVELOPE_BAND_EDGES_HZ[:-1], ENVELOPE_BAND_EDGES_HZ[1:])]
+
+
+_BINS = _band_bins()
+_BAND_SUM = np.zeros((ENVELOPE_NFFT // 2 + 1, len(_BINS)), np.float32)  # power (t, bins) @ this = band power (t, bands)
+for _k, _b in enumerate(_BINS):
+    _BAND_SUM[_b, _k] = 1.0
+_WINDOW = np.hanning(ENVELOPE_NFFT + 1)[:-1].astype(np.float32)  # periodic Hann
+
+
+class EnvelopeStats:
+    """Running state behind :func:`envelope_vector`, fed mono 16 kHz audio in consecutive chunks.
+
+    Keeps each band's level over time: 12 float32 a frame, about 21 MB for an hour of audio.
+    """
+
+    def __init__(self):
+        self.tail = np.zeros(0, np.float32)  # samples not yet in a whole frame
+        self.n = 0
+        self.levels: list[np.ndarray] = []  # (bands, t) log band level per chunk
+
+    def add(self, audio: np.ndarray) -> None:
+        import scipy.fft  # here, not at import: keeps the runtime's start-up lean; ~25 % faster than numpy's FFT on float32
+
+        buf = np.concatenate([self.tail, np.asarray(audio, np.float32)])
+        n = 1 + (len(buf) - ENVELOPE_NFFT) // ENVELOPE_HOP if len(buf) >= ENVELOPE_NFFT else 0
+        if n <= 0:
+            self.tail = buf
+            return
+        frames = np.lib.stride_tricks.sliding_window_view(buf, ENVELOPE_NFFT)[: n * ENVELOPE_HOP : ENVELOPE_HOP]
+        spec = scipy.fft.rfft(frames * _WINDOW, axis=1)  # complex64 (n, bins)
+        power = spec.real * spec.real + spec.imag * spec.imag
+        self.tail = buf[n * ENVELOPE_HOP :]
+        self.n += n
+        self.levels.append(np.log(power @ _BAND_SUM + np.float32(_EPS)).T)
+
+    def vector(self) -> np.ndarray:
+        if self.n < MIN_ENVELOPE_FRAMES:
+            raise ValueError(f"envelope statistics need at least {MIN_ENVELOPE_FRAMES} frames ({self.n} so far)")
+        level = np.concatenate(self.levels, axis=1).astype(np.float64)
+        power = np.abs(np.fft.rfft(level - level.mean(axis=1, keepdims=True), axis=1)) ** 2 / level.shape[1]
+        freqs = np.fft.rfftfreq(level.shape[1], 1.0 / ENVELOPE_FRAME_RATE)
+        edges = ENVELOPE_MODULATION_EDGES_HZ
+        # a clip too short to resolve a range gets no power there, not NaN
+        modulation = np.stack([power[:, sel].mean(axis=1) if sel.any() else np.zeros(len(power))
+                               for sel in ((freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:]))], axis=1)
+        return np.log(modulation + _EPS).ravel()
+
+
+def envelope_vector(audio: np.ndarray) -> np.ndarray:
+    """The clip's envelope statistics: ``(samples,) -> (envelope_dim(),)``; see the module docstring."""
+    acc = EnvelopeStats()
+    acc.add(audio)
+    return acc.vector()

@@ -1,0 +1,73 @@
+"""The envelope statistic: streaming equals whole, and it sees level modulation the log-mel cannot."""
+
+import numpy as np
+import pytest
+from scipy import signal
+
+from mtad.edge_runtime.envelope import (
+    ENVELOPE_BAND_EDGES_HZ,
+    ENVELOPE_MODULATION_EDGES_HZ,
+    EnvelopeStats,
+    envelope_dim,
+    envelope_vector,
+)
+from mtad.edge_runtime.errors import BundleError
+from mtad.edge_runtime.features import LogMelExtractor
+from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, spectral_vector
+
+SR = 16000
+
+
+def _clips(mod_hz: float):
+    """10 s of 1-2 kHz band noise over white noise, steady and with its level swelling at ``mod_hz``."""
+    rng = np.random.default_rng(0)
+    n = 10 * SR
+    t = np.arange(n) / SR
+    band = signal.sosfilt(signal.butter(4, [1000, 2000], btype="bandpass", fs=SR, output="sos"), rng.standard_normal(n))
+    background = 0.3 * rng.standard_normal(n)
+    steady = (0.05 * (band + background)).astype(np.float32)
+    swelling = (0.05 * (band * (1 + 0.8 * np.sin(2 * np.pi * mod_hz * t)) + background)).astype(np.float32)
+    return steady, swelling
+
+
+def test_streaming_equals_whole_clip():
+    audio = np.random.default_rng(1).standard_normal(7 * SR).astype(np.float32) * 0.1
+    whole = envelope_vector(audio)
+    acc = EnvelopeStats()
+    rng = np.random.default_rng(2)
+    i = 0
+    while i < len(audio):
+        step = int(rng.integers(1, 9000))  # chunks shorter and longer than a frame
+        acc.add(audio[i : i + step])
+        i += step
+    assert whole.shape == (envelope_dim(),) == (84,)
+    assert np.all(np.isfinite(whole))
+    np.testing.assert_allclose(acc.vector(), whole, rtol=0, atol=1e-6)
+
+
+def test_too_short_is_refused():
+    with pytest.raises(ValueError, match="at least 16 frames"):
+        envelope_vector(np.ones(1000, np.float32))
+
+
+def test_sees_a_25_hz_level_swell_that_the_log_mel_statistic_barely_sees():
+    steady, swelling = _clips(25.0)
+    change = (envelope_vector(swelling) - envelope_vector(steady)).reshape(len(ENVELOPE_BAND_EDGES_HZ) - 1, -1)
+    in_range = list(zip(ENVELOPE_MODULATION_EDGES_HZ[:-1], ENVELOPE_MODULATION_EDGES_HZ[1:])).index((16.0, 32.0))
+    lo = np.array(ENVELOPE_BAND_EDGES_HZ[:-1])
+    hi = np.array(ENVELOPE_BAND_EDGES_HZ[1:])
+    inside = (lo >= 1000) & (hi <= 2000)  # bands entirely in the swelling noise
+    outside = (hi <= 800) | (lo >= 2700)  # bands well away from it
+    assert inside.sum() == 2 and outside.sum() == 8
+    assert change[inside, in_range].min() > 2.0  # log power: more than 7x
+    assert np.abs(change[outside]).max() < 0.1
+    # the log-mel runs at 31.25 frames/s: its statistic moves less than half as much anywhere
+    ext = LogMelExtractor()
+    assert np.abs(spectral_vector(ext(swelling)) - spectral_vector(ext(steady))).max() < 0.5 * change[inside, in_range].min()
+
+
+def test_scoring_without_envelope_evidence_is_a_clear_error():
+    st = ScoringStats("multitask", ["fan/id_00"], {}, scoring="fusion", components=("envelope",))
+    assert st.needs_envelope
+    with pytest.raises(BundleError, match="envelope score needs"):
+        st.component_vector("envelope", ClipEvidence(None, None, np.zeros((128, 10))))
