@@ -74,14 +74,19 @@ class EnvelopeStats:
     def vector(self) -> np.ndarray:
         if self.n < MIN_ENVELOPE_FRAMES:
             raise ValueError(f"envelope statistics need at least {MIN_ENVELOPE_FRAMES} frames ({self.n} so far)")
-        level = np.concatenate(self.levels, axis=1).astype(np.float64)
-        power = np.abs(np.fft.rfft(level - level.mean(axis=1, keepdims=True), axis=1)) ** 2 / level.shape[1]
-        freqs = np.fft.rfftfreq(level.shape[1], 1.0 / ENVELOPE_FRAME_RATE)
-        edges = ENVELOPE_MODULATION_EDGES_HZ
-        # a clip too short to resolve a range gets no power there, not NaN
-        modulation = np.stack([power[:, sel].mean(axis=1) if sel.any() else np.zeros(len(power))
-                               for sel in ((freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:]))], axis=1)
+        modulation = modulation_power(np.concatenate(self.levels, axis=1), ENVELOPE_FRAME_RATE, ENVELOPE_MODULATION_EDGES_HZ)
         return np.log(modulation + _EPS).ravel()
+
+
+def modulation_power(levels: np.ndarray, frame_rate: float, edges) -> np.ndarray:
+    """Mean periodogram power of each row of ``levels`` (bands, frames) in each modulation range
+    ``edges[i]..edges[i + 1]`` Hz: ``(bands, len(edges) - 1)``. A series too short to resolve a
+    range gets no power there, not NaN."""
+    x = levels.astype(np.float64)
+    power = np.abs(np.fft.rfft(x - x.mean(axis=1, keepdims=True), axis=1)) ** 2 / x.shape[1]
+    freqs = np.fft.rfftfreq(x.shape[1], 1.0 / frame_rate)
+    return np.stack([power[:, sel].mean(axis=1) if sel.any() else np.zeros(len(power))
+                     for sel in ((freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:]))], axis=1)
 
 
 def envelope_vector(audio: np.ndarray) -> np.ndarray:

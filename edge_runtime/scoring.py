@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .envelope import modulation_power
 from .errors import BundleError
 from .features import HOP_LENGTH, SAMPLE_RATE, Normalization
 
@@ -140,13 +141,7 @@ class SpectralStats:
         mean, std = self.mean_std()
         d_mean = self.d_sum / self.n_d
         delta = np.log(np.sqrt(np.maximum(self.d_sq / self.n_d - d_mean * d_mean, 0.0)) + LOG_EPS)
-        coarse = np.concatenate(self.coarse, axis=1).astype(np.float64)
-        power = np.abs(np.fft.rfft(coarse - coarse.mean(axis=1, keepdims=True), axis=1)) ** 2 / coarse.shape[1]
-        freqs = np.fft.rfftfreq(coarse.shape[1], 1.0 / FRAME_RATE)
-        edges = MODULATION_EDGES_HZ
-        # a clip too short to resolve a range (under ~16 frames) gets no power there, not NaN
-        modulation = np.stack([power[:, sel].mean(axis=1) if sel.any() else np.zeros(len(power))
-                               for sel in ((freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:]))], axis=1)
+        modulation = modulation_power(np.concatenate(self.coarse, axis=1), FRAME_RATE, MODULATION_EDGES_HZ)  # none under ~16 frames
         return np.concatenate([band_mean(mean, SPECTRAL_BAND), band_mean(std, SPECTRAL_BAND), delta, np.log(modulation + LOG_EPS).ravel()])
 
 
