@@ -19,7 +19,7 @@ Two scorings share one statistics file:
     frame-to-frame change and modulation power; :func:`spectral_vector`) to the id's centre
     (covariance shared within the type). No model involved;
   - ``envelope``: the same distance for the waveform's envelope statistics (each band's level
-    modulation up to 62.5 Hz and its spectral kurtosis; :mod:`envelope`). No model involved.
+    modulation up to 62.5 Hz; :mod:`envelope`). No model involved.
 
 Single-task runs (``recon``, ``classify``) score with their one model score under ``paper``.
 """
@@ -292,11 +292,6 @@ class ScoringStats:
     def needs_envelope(self) -> bool:
         """Whether scoring needs :func:`envelope.envelope_vector` of the clip's audio."""
         return self.scoring == "fusion" and "envelope" in self.components
-
-    @property
-    def needs_model(self) -> bool:
-        """False when the final score uses no model output (spectral-only fusion)."""
-        return self.scoring == "paper" or any(c in ("recon", "class") for c in self.components)
 
     # -- the paper's scores ----------------------------------------------------------------
     def recon_score(self, machine_type: str, residual: np.ndarray) -> float:
