@@ -100,10 +100,10 @@ def spectral_statistic(version: str):
         scoring.spectral_vector = saved
 
 
-def synthesise(out: Path, seed: int, n_test: int, severity: float = 1.0) -> Path:
+def synthesise(out: Path, seed: int, n_test: int, severity: float = 1.0, snr_db: tuple[float, float] = (0.0, 6.0)) -> Path:
     data = out / f"data-seed{seed}"
     if not (data / "synth_manifest.csv").exists():
-        write_dataset(SynthConfig(seed=seed, test=n_test, severity=severity), data, progress=False)
+        write_dataset(SynthConfig(seed=seed, test=n_test, severity=severity, snr_db=snr_db), data, progress=False)
     return data
 
 
@@ -215,6 +215,7 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=50, help="normal and anomalous test clips per id (each)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"trained models, from {', '.join(VARIANTS)}")
     ap.add_argument("--severity", type=float, default=1.0, help="fault strength of the synthesised set (use another --out for each)")
+    ap.add_argument("--snr", default="0,6", help="machine-to-background SNR range in dB, 'lo,hi' (use another --out for each)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--out", type=Path, default=Path("results/accuracy"))
@@ -231,7 +232,7 @@ def main() -> None:
         if all(label in done for label in wanted) and BASELINE in done:
             per_seed[seed] = {k: done[k] for k in [BASELINE] + wanted}
         else:
-            data = synthesise(args.out, seed, args.test, args.severity)
+            data = synthesise(args.out, seed, args.test, args.severity, tuple(float(v) for v in args.snr.split(",")))
             per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, variants, args.preset, args.epochs, done)
             with atomic_write(cache, "w") as f:  # a killed run must not leave a cut-off cache
                 f.write(json.dumps(per_seed[seed]))

@@ -9,8 +9,9 @@ gives each band's level up to 62.5 Hz.
 
 Per band (12 bands, log-spaced 150-7200 Hz): the log power of the band's log level in 7 octave
 modulation ranges, 0.5-62.5 Hz. 84 numbers per clip. (Per-band spectral kurtosis was tried as
-well and added nothing measurable on the synthetic set, so it is not part of the statistic.) :class:`EnvelopeStats` accumulates them from consecutive chunks of audio
-(long files, block by block) with the same result as one call on the whole clip.
+well and added nothing measurable on the synthetic set, so it is not part of the statistic.)
+:class:`EnvelopeStats` accumulates them from consecutive chunks of audio (long files, block by
+block) with the same result as one call on the whole clip.
 """
 
 from __future__ import annotations
