@@ -31,15 +31,14 @@ import numpy as np
 
 from mtad.edge_runtime.features import LogMelExtractor
 from mtad.edge_runtime.scoring import spectral_vector
-from mtad.train.synth import MACHINE_IDS, MODELS, SynthConfig, render_clip
+from mtad.train.synth import MACHINE_IDS, ClipJob, SynthConfig, plan_jobs, render_clip
 
 _CFG = SynthConfig()
 _EXTRACT = LogMelExtractor()
 
 
-def _logmel(job) -> np.ndarray:
-    machine_type, machine_id, split, fault, index = job
-    audio = render_clip(_CFG, machine_type, machine_id, split, fault, index)
+def _logmel(job: ClipJob) -> np.ndarray:
+    audio = render_clip(_CFG, job.machine_type, job.machine_id, job.split, job.fault, job.index)
     audio = (np.round(audio * 32767) / 32767).astype(np.float32)  # the 16-bit WAV round trip
     return _EXTRACT(audio).astype(np.float16)
 
@@ -49,14 +48,9 @@ def _init(seed: int) -> None:
     _CFG = SynthConfig(seed=seed)
 
 
-def clip_jobs(machine_type: str, ids: list[str], n: int, split: str) -> list[tuple]:
-    """Normal and anomalous clips of each id, faults cycled in mtad-synth's order."""
-    faults = sorted(MODELS[machine_type].faults)
-    jobs = []
-    for m in ids:
-        jobs += [(machine_type, m, split, None, i) for i in range(n)]
-        jobs += [(machine_type, m, split, faults[i % len(faults)], i) for i in range(n)]
-    return jobs
+def clip_jobs(cfg: SynthConfig, split: str) -> list[ClipJob]:
+    """The clips ``mtad-synth`` would write into ``split`` under ``cfg`` (the same fault cycling)."""
+    return [job for job in plan_jobs(cfg) if job.split == split]
 
 
 def train_cnn(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, epochs: int, device: str, seed: int) -> np.ndarray:
@@ -118,15 +112,17 @@ def main() -> None:
         for machine_type in args.types.split(","):
             t0 = time.time()
             ids = MACHINE_IDS[machine_type][: args.ids]
-            train_jobs, test_jobs = clip_jobs(machine_type, ids, args.val_clips, "val"), clip_jobs(machine_type, ids, args.test, "test")
+            cfg = SynthConfig(types=(machine_type,), ids=args.ids, train=0, test=args.test, val=args.val_clips, seed=args.seed)
+            train_jobs, test_jobs = clip_jobs(cfg, "val"), clip_jobs(cfg, "test")
             x_train = np.stack(pool.map(_logmel, train_jobs, chunksize=4))
             x_test = np.stack(pool.map(_logmel, test_jobs, chunksize=4))
-            y_train = np.array([j[3] is not None for j in train_jobs], int)
-            y_test = np.array([j[3] is not None for j in test_jobs], int)
-            test_ids = np.array([j[1] for j in test_jobs])
+            y_train = np.array([j.fault is not None for j in train_jobs], int)
+            y_test = np.array([j.fault is not None for j in test_jobs], int)
+            test_ids = np.array([j.machine_id for j in test_jobs])
 
             def stats(x, jobs):
-                return np.stack([np.concatenate([spectral_vector(v.astype(np.float32)), np.eye(len(ids))[ids.index(j[1])]]) for v, j in zip(x, jobs)])
+                return np.stack([np.concatenate([spectral_vector(v.astype(np.float32)), np.eye(len(ids))[ids.index(j.machine_id)]])
+                                 for v, j in zip(x, jobs)])
 
             linear = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000)).fit(stats(x_train, train_jobs), y_train)
             scores = {"linear_spectral": linear.decision_function(stats(x_test, test_jobs)),
