@@ -22,9 +22,9 @@ import numpy as np
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
 
 from .constants import PRECISIONS, TASKS, VARIANT_KINDS
+from .envelope import envelope_dim
 from .errors import BundleError
 from .hashing import sha256_bytes, sha256_file
-from .envelope import envelope_dim
 from .scoring import COMPONENTS, RECON_BAND, SCORINGS, n_bands, spectral_dim, uses_mse
 
 STATS = "stats.npz"

@@ -144,10 +144,7 @@ class _AccuracyControl:
             self.clips, source = validation
             self.kind = "labelled_validation"
             digests = clip_digests(c.path for c in self.clips)
-        else:
-            if calib is None:
-                raise ConfigError("--accuracy-budget needs labelled validation clips (--val-data, or a <type>/val/ split under "
-                                  "--calib-data) or --calib-data (its held-out training normals for the score-drift fallback)")
+        else:  # export_bundle has refused the case with neither validation clips nor calibration data
             # the relative score error needs a spread: machines with one held-out normal cannot be judged
             held = [(c, h["sha256"]) for c, h in ((parse_clip_path(Path(h["path"])), h) for h in calibration_roles(calib)[1]) if c]
             per_machine = Counter(c.machine for c, _ in held)
@@ -287,15 +284,15 @@ def export_bundle(
         log("export: FP32 ONNX")
         fp32_proto = export_fp32(model, tmp / "models" / "fp32.onnx")
         variants["fp32"] = {"precision": "fp32", "kind": "onnx", "file": "models/fp32.onnx"}
+        calibration_digests = [c["sha256"] for c in calibration_roles(calib)[0]] if calib is not None else []
         calibration_record = None
         if int8:  # the training normals whose windows calibrate INT8
-            used = calibration_roles(calib)[0]
-            calibration_record = clip_set("training_normals", [c["sha256"] for c in used], source=f"{_root_name(calib_data)} (train split)",
+            calibration_record = clip_set("training_normals", calibration_digests, source=f"{_root_name(calib_data)} (train split)",
                                           n_windows=int(calib.manifest["n_windows"]))
         control = None
         if accuracy_budget:
             control = _AccuracyControl(run, accuracy_budget, log, validation, calib, calib_data)
-            shared = set(control.digests) & {c["sha256"] for c in calibration_roles(calib)[0]} if calibration_record else set()
+            shared = set(control.digests) & set(calibration_digests) if calibration_record else set()
             if shared:
                 raise ConfigError(f"--val-data: {len(shared)} of its {len(control.digests)} validation clips are training normals "
                                   f"the INT8 calibration uses; the sets must be disjoint")
@@ -335,7 +332,7 @@ def export_bundle(
         if calib_data is not None:
             from .reference_set import build_reference_set, save_reference_set
 
-            seen = set(control.digests if control else []) | {c["sha256"] for c in calibration_roles(calib)[0]}
+            seen = set(control.digests if control else []) | set(calibration_digests)
             reference_set = build_reference_set(Path(calib_data), run.stats.class_map, mcfg.window, per_class=reference_clips, exclude=seen)
             if reference_set is not None:
                 save_reference_set(reference_set, tmp)

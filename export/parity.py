@@ -124,8 +124,7 @@ def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, 
         raise DatasetError(f"{data}: no test clips of the machines this run was trained on ({', '.join(sorted(machines))})")
     digests = clip_digests(c.path for c in tested)
     sets = report_sets(bundle, f"{data}'s test clips", digests,
-                       clip_set("test_clips", digests, [c.label for c in tested], source=f"{Path(data).name} (test split)"))
-    sets["report"].pop("clip_digests")
+                       _summary(clip_set("test_clips", digests, [c.label for c in tested], source=f"{Path(data).name} (test split)")))
     (on_sets or (lambda x: log(sets_line(x))))(sets)
     reference, failed = score_split(run, index, progress=progress)
     clips = [c for c in index.select("test") if c.machine in set(bundle.stats.machines) and str(c.path) not in failed]
