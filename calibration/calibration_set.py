@@ -4,8 +4,9 @@ Windows are drawn evenly over machine types and ids, through the edge front end 
 run's per-type normalisation, so the quantiser sees exactly what the model sees. Each
 machine's clips are split: most feed the calibration set, the rest give held-out windows
 for the export-time check (and, without a labelled validation set, the normals on which
-accuracy control measures score drift). The manifest records which clips took which role. Stored as ``.npz`` plus a JSON manifest (sources, settings,
-sha256), and cached under a key of every input's content.
+accuracy control measures score drift). The manifest records which clips took which role.
+Stored as ``.npz`` plus a JSON manifest (sources, settings, sha256), and cached under a key of
+every input's content.
 """
 
 from __future__ import annotations
