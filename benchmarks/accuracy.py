@@ -50,16 +50,20 @@ VARIANTS = {
     "pseudo": ("multitask", {}, {"pseudo_anomalies": 0.5}),
     "long": ("multitask", {}, {"epochs": 40, "early_stopping": 5}),  # 40 epochs, early stopping on the held-out normals' loss
 }
-# (variant, label, scoring, components[, spectral statistic]); the first row is the default.
-# "v1" rows use the previous spectral statistic (band mean and std only), for the ablation.
+# (variant, label, scoring, components[, scoring variant]); the first row is the default.
+# Scoring variants: "v1" uses the previous spectral statistic (band mean and std only);
+# "equal" weighs every fusion component 1 (the default weighs `acoustic` 2).
 METHODS = [
-    ("multitask", "default: fusion recon+spectral+envelope", "fusion", ("recon", "spectral", "envelope")),
+    ("multitask", "default: fusion recon+acoustic (weights 1:2)", "fusion", ("recon", "acoustic")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
     ("multitask", "component recon (per-id)", "fusion", ("recon",)),
     ("multitask", "component spectral", "fusion", ("spectral",)),
     ("multitask", "component envelope", "fusion", ("envelope",)),
+    ("multitask", "component acoustic (spectral+envelope, one Gaussian; no model)", "fusion", ("acoustic",)),
+    ("multitask", "fusion recon+acoustic, equal weights", "fusion", ("recon", "acoustic"), "equal"),
+    ("multitask", "fusion recon+spectral+envelope (previous default)", "fusion", ("recon", "spectral", "envelope")),
     ("multitask", "fusion spectral+envelope (no model)", "fusion", ("spectral", "envelope")),
-    ("multitask", "fusion recon+spectral (previous default)", "fusion", ("recon", "spectral")),
+    ("multitask", "fusion recon+spectral (default before envelope)", "fusion", ("recon", "spectral")),
     ("multitask", "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
     ("multitask", "fusion recon+spectral v1 (default before spectral v2)", "fusion", ("recon", "spectral"), "v1"),
     ("multitask", "component class", "fusion", ("class",)),
@@ -78,6 +82,11 @@ METHODS = [
     ("long", "40 epochs + early stopping: fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
+# Rows renamed since a seed's results were cached: new label -> label in older caches.
+RENAMED = {
+    "fusion recon+spectral+envelope (previous default)": "default: fusion recon+spectral+envelope",
+    "fusion recon+spectral (default before envelope)": "fusion recon+spectral (previous default)",
+}
 
 
 def spectral_v1(logmel: np.ndarray) -> np.ndarray:
@@ -87,17 +96,20 @@ def spectral_v1(logmel: np.ndarray) -> np.ndarray:
 
 
 @contextmanager
-def spectral_statistic(version: str):
-    """Score with the ``v1`` statistic inside the block (the fit and the scorer both call it)."""
-    if version != "v1":
-        yield
-        return
-    saved = scoring.spectral_vector
-    scoring.spectral_vector = spectral_v1
+def scoring_variant(version: str | None):
+    """Inside the block, score with the ``v1`` spectral statistic or with ``equal`` fusion weights
+    (the fit and the scorer both read them)."""
+    saved = scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS)
+    if version == "v1":
+        scoring.spectral_vector = spectral_v1
+    elif version == "equal":
+        scoring.COMPONENT_WEIGHTS.clear()
     try:
         yield
     finally:
-        scoring.spectral_vector = saved
+        scoring.spectral_vector = saved[0]
+        scoring.COMPONENT_WEIGHTS.clear()
+        scoring.COMPONENT_WEIGHTS.update(saved[1])
 
 
 def synthesise(out: Path, seed: int, n_test: int, severity: float = 1.0, snr_db: tuple[float, float] = (0.0, 6.0)) -> Path:
@@ -134,7 +146,7 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
         for mvariant, label, method, comps, *version in METHODS:
             if mvariant != variant or label in results:
                 continue
-            with spectral_statistic(version[0] if version else "v2"):
+            with scoring_variant(version[0] if version else None):
                 stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, method, comps, extra)
                 scores = score_outputs(stats, test_store.clips, test)
             results[label] = per_machine(scores)
@@ -171,35 +183,47 @@ def summarise(per_seed: dict[int, dict]) -> dict:
                       "diff_se": (auc - base).std(ddof=1) / np.sqrt(auc.size) if auc.size > 1 else float("nan")}
             fars = [u[2] for u in units if u[2] is not None]
             row[t]["far"] = float(np.mean(fars)) if fars else None
-        seed_means = np.array([np.mean([np.mean([per_seed[s][method][m][0] for m in machines if m.startswith(t + "/")]) for t in types]) for s in per_seed])
-        base_means = np.array([np.mean([np.mean([per_seed[s][BASELINE][m][0] for m in machines if m.startswith(t + "/")]) for t in types]) for s in per_seed])
+        seed_means, base_means, default_means = (np.array([np.mean([np.mean([per_seed[s][meth][m][0] for m in machines if m.startswith(t + "/")])
+                                                                    for t in types]) for s in per_seed])
+                                                  for meth in (method, BASELINE, METHODS[0][1]))
+        units = np.array([per_seed[s][method][m][0] - per_seed[s][METHODS[0][1]][m][0] for s in per_seed for m in machines])
+        base_units = np.array([per_seed[s][method][m][0] - per_seed[s][BASELINE][m][0] for s in per_seed for m in machines])
         n = len(seed_means)
         fars = [per_seed[s][method][m][2] for s in per_seed for m in machines if per_seed[s][method][m][2] is not None]
         row["mean"] = {"auc": seed_means.mean(), "se": seed_means.std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
                        "pauc": float(np.mean([row[t]["pauc"] for t in types])),
                        "diff": (seed_means - base_means).mean(),
                        "diff_se": (seed_means - base_means).std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
+                       "diff_units_se": base_units.std(ddof=1) / np.sqrt(base_units.size),
+                       "vs_default": (seed_means - default_means).mean(),
+                       "vs_default_se": (seed_means - default_means).std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
+                       "vs_default_units_se": units.std(ddof=1) / np.sqrt(units.size),
                        "far": float(np.mean(fars)) if fars else None,
                        "far_machines_within_005": float(np.mean([abs(f - 0.1) <= 0.05 for f in fars])) if fars else None}
         table[method] = row
     return {"types": types, "methods": methods, "table": table, "seeds": sorted(per_seed)}
 
 
+def paired(diff: float, seeds_se: float, units_se: float) -> str:
+    """A paired difference with its verdict; the SE is the larger of the one over seeds and the
+    one over (seed, id) units (the only one there is with a single seed)."""
+    se = max(seeds_se, units_se) if np.isfinite(seeds_se) else units_se
+    sign = "better" if diff > 2 * se else "worse" if diff < -2 * se else "tie (within 2 SE)"
+    return f"{diff:+.3f} +- {se:.3f}: {sign}"
+
+
 def render(summary: dict) -> str:
     types, table = summary["types"], summary["table"]
     lines = [f"AUC mean +- standard error over seeds {summary['seeds']} (per type: over seed x id units)", ""]
-    lines.append("| method | " + " | ".join(types) + " | **mean** | vs baseline | false-alarm rate (target 0.1) |")
-    lines.append("|---" * (len(types) + 4) + "|")
+    lines.append("| method | " + " | ".join(types) + " | **mean** | vs baseline | vs default | false-alarm rate (target 0.1) |")
+    lines.append("|---" * (len(types) + 5) + "|")
     for method, row in table.items():
         cells = [f"{row[t]['auc']:.3f} +- {row[t]['se']:.3f}" for t in types]
         m = row["mean"]
-        if method == BASELINE:
-            verdict = ""
-        else:
-            sign = "better" if m["diff"] > 2 * m["diff_se"] else "worse" if m["diff"] < -2 * m["diff_se"] else "tie (within 2 SE)"
-            verdict = f"{m['diff']:+.3f} +- {m['diff_se']:.3f}: {sign}"
+        verdict = "" if method == BASELINE else paired(m["diff"], m["diff_se"], m["diff_units_se"])
+        vs_default = "" if method == METHODS[0][1] else paired(m["vs_default"], m["vs_default_se"], m["vs_default_units_se"])
         far = f"{m['far']:.3f}" if m["far"] is not None else "-"
-        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{m['auc']:.3f} +- {m['se']:.3f}** | {verdict} | {far} |")
+        lines.append(f"| {method} | " + " | ".join(cells) + f" | **{m['auc']:.3f} +- {m['se']:.3f}** | {verdict} | {vs_default} | {far} |")
     default = table[METHODS[0][1]]
     behind = [t for t in types if default[t]["diff"] < -default[t]["diff_se"]]
     lines.append("")
@@ -228,6 +252,7 @@ def main() -> None:
     for seed in seeds:
         cache = args.out / f"seed{seed}.json"
         done = {k: {m: tuple(v) for m, v in d.items()} for k, d in json.loads(cache.read_text()).items()} if cache.exists() else {}
+        done.update({new: done[old] for new, old in RENAMED.items() if new not in done and old in done})
         wanted = [m[1] for m in METHODS if m[0] in variants]
         if all(label in done for label in wanted) and BASELINE in done:
             per_seed[seed] = {k: done[k] for k in [BASELINE] + wanted}

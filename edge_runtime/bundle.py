@@ -23,7 +23,7 @@ from .runners import OnnxRuntimeRunner, Precision
 from .scoring import ScoringStats
 
 FORMAT = "mtad-bundle"
-SCHEMA_VERSION = 4  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics; 4: envelope component
+SCHEMA_VERSION = 5  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics; 4: envelope component; 5: acoustic component, weighted fusion
 MANIFEST = "manifest.yaml"
 
 

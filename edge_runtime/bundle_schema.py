@@ -345,7 +345,7 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
         return
 
     dims = {"recon": n_bands(n_bins, RECON_BAND) if n_bins else None, "spectral": spectral_dim(n_bins) if n_bins else None,
-            "envelope": envelope_dim()}
+            "envelope": envelope_dim(), "acoustic": spectral_dim(n_bins) + envelope_dim() if n_bins else None}
     embed_dims = {v.shape[0] for k, v in tables["centre"].items() if k.startswith("embed|")}
     if len(embed_dims) > 1:
         fail("centre|embed", f"embedding centres differ in size ({sorted(embed_dims)})")
@@ -360,7 +360,7 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
                     fail(f"centre|{key}", "missing")
                 if tables["centre"][key].shape != (dims[comp],):
                     fail(f"centre|{key}", f"shape {tables['centre'][key].shape}, expected ({dims[comp]},)")
-            if comp in ("recon", "spectral"):
+            if comp not in ("class", "embed"):  # a Mahalanobis distance: a precision shared by the type
                 key = f"{comp}|{m.split('/')[0]}"
                 if key not in tables["precision"]:
                     fail(f"precision|{key}", "missing")

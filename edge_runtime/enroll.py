@@ -2,8 +2,8 @@
 minutes of its normal sound, torch-free and without retraining.
 
 A new id of a known type gets what the fusion scoring keeps per id: a centre for each distance
-component (``recon``, ``spectral``, ``embed``), its calibration and a threshold. The covariances
-stay the type's, fitted at training time. Each enrollment clip's score is computed leave-one-out
+component (``recon``, ``spectral``, ``envelope``, ``acoustic``, ``embed``), its calibration and a
+threshold. The covariances stay the type's, fitted at training time. Each enrollment clip's score is computed leave-one-out
 (statistics fitted without that clip), so calibration and threshold rest on scores of normals
 that the statistics never saw. The ``class`` score needs a trained class and is never used for
 an enrolled id.

@@ -7,7 +7,7 @@ Two scorings share one statistics file:
   classification score = cross-entropy of the true id; final score = Mahalanobis distance of
   (reconstruction, classification) to the type's statistics.
 - ``fusion`` (mtad's default): per-id component scores, each standardised against that id's
-  held-out normals, then averaged:
+  held-out normals, then averaged (weighted by :data:`COMPONENT_WEIGHTS`):
 
   - ``recon``: Mahalanobis distance of the log per-bin mean squared next-frame error to the
     id's centre (covariance shared within the type). Two-sided: an error that falls below
@@ -19,7 +19,11 @@ Two scorings share one statistics file:
     frame-to-frame change and modulation power; :func:`spectral_vector`) to the id's centre
     (covariance shared within the type). No model involved;
   - ``envelope``: the same distance for the waveform's envelope statistics (each band's level
-    modulation up to 62.5 Hz; :mod:`envelope`). No model involved.
+    modulation up to 62.5 Hz; :mod:`envelope`). No model involved;
+  - ``acoustic``: one distance for both statistics together (``spectral`` then ``envelope``, one
+    Gaussian), so their correlations count once and a statistic that a fault does not move
+    dilutes the other less than in a mean of two scores. It weighs as the two statistics it
+    holds in the mean (:data:`COMPONENT_WEIGHTS`). No model involved.
 
 Single-task runs (``recon``, ``classify``) score with their one model score under ``paper``.
 """
@@ -38,9 +42,13 @@ from .features import HOP_LENGTH, SAMPLE_RATE, Normalization
 
 MSE_TYPES = frozenset({"valve", "slider"})  # sound spread over the whole band (paper)
 SCORINGS = ("fusion", "paper")
-COMPONENTS = ("recon", "class", "embed", "spectral", "envelope")
-MODEL_FREE = ("spectral", "envelope")  # components computed from the audio alone
-DEFAULT_COMPONENTS = ("recon", "spectral", "envelope")
+COMPONENTS = ("recon", "class", "embed", "spectral", "envelope", "acoustic")
+MODEL_FREE = ("spectral", "envelope", "acoustic")  # components computed from the audio alone
+NEEDS_AUDIO = ("envelope", "acoustic")  # components that need the waveform's envelope statistics
+DEFAULT_COMPONENTS = ("recon", "acoustic")
+# Weight of a component in the fusion mean (1 unless listed): ``acoustic`` holds the two
+# statistics that were two components before it, and keeps their weight.
+COMPONENT_WEIGHTS = {"acoustic": 2.0}
 LOG_EPS = 1e-6  # floor inside log() of squared errors and distances
 FRAME_RATE = SAMPLE_RATE / HOP_LENGTH  # log-mel frames per second
 # Adjacent mel bins pooled into bands before the per-id Gaussians: with ~10-40 normals per id,
@@ -49,6 +57,15 @@ FRAME_RATE = SAMPLE_RATE / HOP_LENGTH  # log-mel frames per second
 RECON_BAND = 8  # 128 mels -> 16 bands of error
 SPECTRAL_BAND = 4  # 128 mels -> 32 bands of mean and of std
 MIN_CALIBRATION_CLIPS = 4  # normals per id needed to standardise scores and set a threshold
+
+
+def component_weight(component: str) -> float:
+    return COMPONENT_WEIGHTS.get(component, 1.0)
+
+
+def needs_audio(components) -> bool:
+    """Whether fusion ``components`` need the clip's envelope statistics (read from its audio)."""
+    return any(c in NEEDS_AUDIO for c in components)
 
 
 def uses_mse(machine_type: str) -> bool:
@@ -291,7 +308,7 @@ class ScoringStats:
     @property
     def needs_envelope(self) -> bool:
         """Whether scoring needs :func:`envelope.envelope_vector` of the clip's audio."""
-        return self.scoring == "fusion" and "envelope" in self.components
+        return self.scoring == "fusion" and needs_audio(self.components)
 
     # -- the paper's scores ----------------------------------------------------------------
     def recon_score(self, machine_type: str, residual: np.ndarray) -> float:
@@ -324,11 +341,12 @@ class ScoringStats:
             return embedding_vector(ev.embedding)
         if component == "recon":
             return log_error_vector(ev.residual)
+        if component in NEEDS_AUDIO and ev.envelope is None:
+            raise BundleError(f"the {component} score needs the clip's envelope statistics (computed from its audio)")
         if component == "envelope":
-            if ev.envelope is None:
-                raise BundleError("the envelope score needs the clip's envelope statistics (computed from its audio)")
             return ev.envelope
-        return ev.spectral if ev.spectral is not None else spectral_vector(ev.logmel)
+        spectral = ev.spectral if ev.spectral is not None else spectral_vector(ev.logmel)
+        return np.concatenate([spectral, ev.envelope]) if component == "acoustic" else spectral
 
     def component_score(self, component: str, machine: str, ev: ClipEvidence) -> float:
         """Raw score of one fusion component (larger = more anomalous)."""
@@ -352,7 +370,9 @@ class ScoringStats:
         return float((np.log(raw + LOG_EPS) - cal[0]) / cal[1])
 
     def fuse(self, machine: str, raw: dict[str, float]) -> float:
-        return float(np.mean([self.standardise(c, machine, raw[c]) for c in self.components]))
+        """Weighted mean of the standardised component scores (:data:`COMPONENT_WEIGHTS`)."""
+        weights = [component_weight(c) for c in self.components]
+        return float(np.dot(weights, [self.standardise(c, machine, raw[c]) for c in self.components]) / sum(weights))
 
     def score_parts(self, machine: str, ev: ClipEvidence) -> ScoreParts:
         """Final score and component scores of one clip."""

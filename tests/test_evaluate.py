@@ -19,7 +19,7 @@ def test_eval_cli_json_plots_and_schema(tiny_run, tiny_synth, tmp_path):
         assert {"machine_type", "machine_id", "auc", "pauc", "n_normal", "n_anomaly"} <= set(e)
         assert e["n_normal"] == e["n_anomaly"] == 4 and 0 <= e["auc"] <= 1
         assert e["fp"] + e["tn"] == 4 and e["tp"] + e["fn"] == 4 and e["false_alarm_rate"] == e["fp"] / 4
-        assert set(e["component_auc"]) == {"recon", "spectral", "envelope"}
+        assert set(e["component_auc"]) == {"recon", "acoustic"}
     assert set(m["types"]) == {"fan", "pump", "slider", "valve"} and 0 <= m["mean"]["auc"] <= 1
     assert (tmp_path / "plots" / "roc.png").stat().st_size > 1000
     assert (tmp_path / "plots" / "score_histograms.png").stat().st_size > 1000

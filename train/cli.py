@@ -8,7 +8,7 @@ import click
 
 from mtad.edge_runtime.cli_common import report_errors
 
-from mtad.edge_runtime.scoring import SCORINGS
+from mtad.edge_runtime.scoring import COMPONENTS, DEFAULT_COMPONENTS, SCORINGS
 
 from .config import PRESETS, TASKS
 
@@ -24,7 +24,7 @@ from .config import PRESETS, TASKS
 @click.option("--seed", type=int)
 @click.option("--stats-holdout", type=float, help="Fraction of each id's training normals kept out of training for scoring statistics (default 0.25; 0 = in-sample, warned).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="fusion (default: per-id, calibrated) or paper (2-D Mahalanobis per type).")
-@click.option("--components", help="Fusion components, comma-separated subset of recon,class,embed,spectral,envelope (default recon,spectral,envelope).")
+@click.option("--components", help=f"Fusion components, comma-separated subset of {','.join(COMPONENTS)} (default {','.join(DEFAULT_COMPONENTS)}).")
 @click.option("--early-stopping", type=int, metavar="PATIENCE",
               help="Stop when the held-out normals' loss has not improved for PATIENCE epochs and keep the best epoch's weights (0 = off).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")

@@ -35,7 +35,7 @@ class TrainConfig:
     stats_holdout: float = 0.25  # fraction of each id's training normals kept out of training for scoring stats
     false_alarm_rate: float = 0.1  # target for the per-machine decision thresholds
     scoring: str = "fusion"  # or "paper": the paper's 2-D Mahalanobis of (recon, class) per type
-    components: tuple[str, ...] = DEFAULT_COMPONENTS  # fusion components (recon, class, embed, spectral, envelope)
+    components: tuple[str, ...] = DEFAULT_COMPONENTS  # fusion components (scoring.COMPONENTS)
     pseudo_anomalies: float = 0.0  # fraction of each batch added again, perturbed, as extra classes (train/pseudo_anomalies.py)
     early_stopping: int = 0  # patience in epochs on the held-out normals' loss (0 = off: train all epochs)
 

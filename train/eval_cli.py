@@ -8,7 +8,7 @@ import click
 
 from mtad.edge_runtime.cli_common import parse_csv, report_errors
 from mtad.edge_runtime.errors import ConfigError
-from mtad.edge_runtime.scoring import SCORINGS
+from mtad.edge_runtime.scoring import COMPONENTS, SCORINGS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -20,7 +20,7 @@ from mtad.edge_runtime.scoring import SCORINGS
 @click.option("--refit", is_flag=True, help="Refit scoring statistics and thresholds on DATA's training normals first.")
 @click.option("--stats-holdout", type=float, help="With --refit: 0 fits in-sample on every training normal (default: the run's own held-out split).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="With --refit: fusion (default) or paper (the paper's 2-D Mahalanobis).")
-@click.option("--components", help="With --refit and fusion: comma-separated subset of recon,class,embed,spectral,envelope.")
+@click.option("--components", help=f"With --refit and fusion: comma-separated subset of {','.join(COMPONENTS)}.")
 @click.option("--baseline", is_flag=True, help="Also score DATA with the simple baseline (per-id log-mel mean/std statistics) and compare.")
 @click.option("--quiet", is_flag=True)
 @report_errors

@@ -14,6 +14,7 @@ from mtad.edge_runtime.scoring import (
     DEFAULT_COMPONENTS,
     MIN_CALIBRATION_CLIPS,
     MODEL_FREE,
+    NEEDS_AUDIO,
     ClipEvidence,
     ScoringStats,
     TypeStats,
@@ -83,7 +84,8 @@ def fit_scoring_stats(
 ) -> tuple[ScoringStats, dict[str, list[float]]]:
     """Fit statistics and thresholds from ``held``: ``(machine, evidence)`` of normals the model
     never trained on. ``extra_normals`` (``(machine, evidence or raw log-mel)`` of the clips the
-    model did train on) join the fit of the model-free components (``spectral``, ``envelope``) only.
+    model did train on) join the fit of the model-free components (``spectral``, ``envelope``,
+    ``acoustic``) only.
 
     Returns the stats and each machine's held-out final scores, computed out of sample
     (leave-one-out), which set the thresholds.
@@ -126,7 +128,7 @@ def fit_scoring_stats(
             fixed = {}
             if comp in MODEL_FREE:
                 for m in machines:
-                    rows = [st.component_vector(comp, ev) for ev in extra[m] if comp != "envelope" or ev.envelope is not None]
+                    rows = [st.component_vector(comp, ev) for ev in extra[m] if comp not in NEEDS_AUDIO or ev.envelope is not None]
                     if rows:
                         fixed[m] = np.stack(rows)
             full = {m: np.concatenate([vecs[m], fixed[m]]) if m in fixed else vecs[m] for m in machines}

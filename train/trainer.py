@@ -18,7 +18,7 @@ from mtad.edge_runtime.atomic import atomic_path, atomic_write
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.errors import ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig, fit_normalization
-from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, conformal_rank
+from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, conformal_rank, needs_audio
 from mtad.edge_runtime.windows import clip_outputs
 
 from . import distributed
@@ -188,7 +188,7 @@ def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: 
         log("warning: --stats-holdout 0: scoring statistics and thresholds are fitted on the clips the model trained on "
             "(in-sample); expect more false alarms than the target rate")
     held, extra = stats_inputs(runner, store, train_idx, stats_idx, norms, model_cfg, progress,
-                               envelope=tcfg.scoring == "fusion" and "envelope" in tcfg.fusion_components)
+                               envelope=tcfg.scoring == "fusion" and needs_audio(tcfg.fusion_components))
     stats, finals = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra)
     few = sorted(m for m, v in finals.items() if conformal_rank(len(v), tcfg.false_alarm_rate) is None)
     if few and tcfg.scoring != "paper":
