@@ -108,7 +108,7 @@ def fit_enrollment(stats: ScoringStats, machine: str, evidence: list[ClipEvidenc
         precision = stats.precisions[f"{comp}|{machine_type}"]
         st.centres[f"{comp}|{machine}"] = vecs.mean(axis=0)
         raw[comp] = np.array([mahalanobis(vecs[i], np.delete(vecs, i, axis=0).mean(axis=0), precision) for i in range(len(vecs))])
-    for comp, values in raw.items():
+    for comp, values in raw.items():  # its own spread, not the type's pooled one: it may be recorded otherwise
         st.calibration[f"{comp}|{machine}"] = calibration_of(values)
     finals = [st.fuse(machine, {c: raw[c][i] for c in stats.components}) for i in range(len(evidence))]
     st.thresholds[machine] = prediction_threshold(np.array(finals), stats.false_alarm_rate)

@@ -14,6 +14,7 @@ from mtad.edge_runtime.scoring import (
     classification_score,
     error_vector,
     mahalanobis,
+    pooled_calibration,
     spectral_dim,
     spectral_vector,
 )
@@ -87,6 +88,7 @@ def test_fusion_is_per_id_two_sided_and_round_trips(rng, tmp_path):
     assert stats.precisions["recon|fan"].shape == (4, 4)
     # standardised on held-out normals: their out-of-sample fused scores centre near 0
     assert abs(np.mean(finals["fan/id_00"])) < 0.5
+    assert stats.calibration["recon|fan/id_00"][1] == stats.calibration["recon|fan/id_02"][1]  # std pooled over the type
     normal = stats.score("fan/id_00", _evidence(rng, 1)[0][1])
     louder = stats.score("fan/id_00", _evidence(rng, 1, scale=1.6)[0][1])
     quieter = stats.score("fan/id_00", _evidence(rng, 1, scale=0.5)[0][1])  # errors that fall count too
@@ -128,6 +130,15 @@ def test_acoustic_is_one_distance_over_spectral_and_envelope_and_weighs_as_two(r
     assert back.score_parts(m, ev) == stats.score_parts(m, ev) and back.components == ("recon", "acoustic")
     with pytest.raises(BundleError, match="acoustic score needs"):
         stats.score(m, ClipEvidence(ev.residual, ev.logits, ev.logmel))
+
+
+def test_calibration_std_is_pooled_over_the_ids_of_a_type():
+    e = np.exp(1.0)
+    raw = {"fan/id_00": np.array([1.0, e, e * e]), "fan/id_02": np.array([e, e]), "pump/id_00": np.array([1.0, e**4])}
+    cal = pooled_calibration(raw)  # log scores: 0, 1, 2 | 1, 1 | 0, 4
+    np.testing.assert_allclose(cal["fan/id_00"], [1.0, np.sqrt(2 / 3)], atol=1e-5)  # squares 2 + 0 over 5 - 2 dof
+    np.testing.assert_allclose(cal["fan/id_02"], [1.0, np.sqrt(2 / 3)], atol=1e-5)
+    np.testing.assert_allclose(cal["pump/id_00"], [2.0, np.sqrt(8)], atol=1e-5)  # one id: its own std
 
 
 def test_fusion_refuses_too_few_heldout_clips_and_wrong_components(rng):

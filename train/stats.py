@@ -18,10 +18,10 @@ from mtad.edge_runtime.scoring import (
     ClipEvidence,
     ScoringStats,
     TypeStats,
-    calibration_of,
     embed_centre_and_loo,
     error_vector,
     mahalanobis,
+    pooled_calibration,
     prediction_threshold,
     task_components,
     uses_mse,
@@ -138,8 +138,7 @@ def fit_scoring_stats(
                 st.centres[f"{comp}|{m}"] = centres[m]
             raw[comp].update(_loo_distances(vecs, {m: range(len(vecs[m])) for m in machines}, fixed))
     for comp, per_machine in raw.items():
-        for m, values in per_machine.items():
-            st.calibration[f"{comp}|{m}"] = calibration_of(values)
+        st.calibration.update({f"{comp}|{m}": cal for m, cal in pooled_calibration(per_machine).items()})
     finals = {m: [st.fuse(m, {c: raw[c][m][i] for c in components}) for i in range(len(evs))] for m, evs in by_machine.items()}
     st.thresholds = {m: prediction_threshold(np.array(v), false_alarm_rate) for m, v in finals.items()}
     return st, finals
