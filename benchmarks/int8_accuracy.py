@@ -65,7 +65,7 @@ from mtad.edge_runtime.atomic import atomic_write
 
 SEEDS_DEFAULT = "0"
 N_BASE = 512  # the export's default number of calibration windows
-FUSED_COMPONENTS = ("recon", "spectral")  # the default fusion when this study ran (envelope, added since, uses no model)
+FUSED_COMPONENTS = ("recon", "spectral")  # the default fusion when this study ran (envelope and acoustic, added since, use no model)
 ALL_COMPONENTS = ("recon", "class", "embed", "spectral")
 MODEL_COMPONENTS = ("recon", "class", "embed")
 GOAL_DAUC = 0.01

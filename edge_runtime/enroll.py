@@ -2,11 +2,11 @@
 minutes of its normal sound, torch-free and without retraining.
 
 A new id of a known type gets what the fusion scoring keeps per id: a centre for each distance
-component (``recon``, ``spectral``, ``envelope``, ``acoustic``, ``embed``), its calibration and a
-threshold. The covariances stay the type's, fitted at training time. Each enrollment clip's score is computed leave-one-out
-(statistics fitted without that clip), so calibration and threshold rest on scores of normals
-that the statistics never saw. The ``class`` score needs a trained class and is never used for
-an enrolled id.
+component (``recon``, ``spectral``, ``envelope``, ``acoustic``, ``embed``), its calibration and
+a threshold. The covariances stay the type's, fitted at training time. Each enrollment clip's
+score is computed leave-one-out (statistics fitted without that clip), so calibration and
+threshold rest on scores of normals that the statistics never saw. The ``class`` score needs a
+trained class and is never used for an enrolled id.
 
 Every enrollment writes a new revision of the bundle; the previous ``manifest.yaml`` and
 ``stats.npz`` are kept under ``revisions/NNNN/`` so that ``mtad-edge rollback`` restores them.
