@@ -82,6 +82,10 @@ METHODS = [
     ("long", "40 epochs + early stopping: fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
+# Bump when a change alters how fusion rows of several components score (2: calibration std
+# pooled per type); a seed's cached rows of another revision are then recomputed, except single
+# scores, whose per-id AUC no per-id standardisation changes.
+CACHE_REVISION = 2
 # Rows renamed since a seed's results were cached: new label -> label in older caches.
 RENAMED = {
     "fusion recon+spectral+envelope (previous default)": "default: fusion recon+spectral+envelope",
@@ -194,10 +198,10 @@ def summarise(per_seed: dict[int, dict]) -> dict:
                        "pauc": float(np.mean([row[t]["pauc"] for t in types])),
                        "diff": (seed_means - base_means).mean(),
                        "diff_se": (seed_means - base_means).std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
-                       "diff_units_se": base_units.std(ddof=1) / np.sqrt(base_units.size),
+                       "diff_units_se": base_units.std(ddof=1) / np.sqrt(base_units.size) if base_units.size > 1 else float("nan"),
                        "vs_default": (seed_means - default_means).mean(),
                        "vs_default_se": (seed_means - default_means).std(ddof=1) / np.sqrt(n) if n > 1 else float("nan"),
-                       "vs_default_units_se": units.std(ddof=1) / np.sqrt(units.size),
+                       "vs_default_units_se": units.std(ddof=1) / np.sqrt(units.size) if units.size > 1 else float("nan"),
                        "far": float(np.mean(fars)) if fars else None,
                        "far_machines_within_005": float(np.mean([abs(f - 0.1) <= 0.05 for f in fars])) if fars else None}
         table[method] = row
@@ -247,12 +251,19 @@ def main() -> None:
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
+    if METHODS[0][0] not in variants:
+        ap.error(f"--variants must include {METHODS[0][0]} (the default's model, which every row is compared with)")
     args.out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     for seed in seeds:
         cache = args.out / f"seed{seed}.json"
-        done = {k: {m: tuple(v) for m, v in d.items()} for k, d in json.loads(cache.read_text()).items()} if cache.exists() else {}
+        cached = json.loads(cache.read_text()) if cache.exists() else {}
+        revision = cached.pop("revision", 1)
+        done = {k: {m: tuple(v) for m, v in d.items()} for k, d in cached.items()}
         done.update({new: done[old] for new, old in RENAMED.items() if new not in done and old in done})
+        if revision != CACHE_REVISION:
+            single = {m[1] for m in METHODS if m[2] == "paper" or len(m[3]) == 1}
+            done = {k: v for k, v in done.items() if k == BASELINE or k in single}
         wanted = [m[1] for m in METHODS if m[0] in variants]
         if all(label in done for label in wanted) and BASELINE in done:
             per_seed[seed] = {k: done[k] for k in [BASELINE] + wanted}
@@ -260,7 +271,7 @@ def main() -> None:
             data = synthesise(args.out, seed, args.test, args.severity, tuple(float(v) for v in args.snr.split(",")))
             per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, variants, args.preset, args.epochs, done)
             with atomic_write(cache, "w") as f:  # a killed run must not leave a cut-off cache
-                f.write(json.dumps(per_seed[seed]))
+                f.write(json.dumps({"revision": CACHE_REVISION, **per_seed[seed]}))
             per_seed[seed] = {k: per_seed[seed][k] for k in [BASELINE] + wanted}
         print(f"seed {seed}: " + ", ".join(f"{k[:24]} {np.mean([v[0] for v in d.values()]):.3f}" for k, d in per_seed[seed].items()), flush=True)
     summary = summarise(per_seed)

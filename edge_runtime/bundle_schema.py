@@ -74,6 +74,7 @@ class InferenceSection(_Section):
 class ScoringSection(_Section):
     method: Scoring
     components: list[Component] = []
+    weights: list[Annotated[float, Field(gt=0)]] = []
     false_alarm_rate: Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -286,6 +287,10 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
         fail("components", f"{components} has a component not in {', '.join(COMPONENTS)}")
     if scoring == "fusion" and not components:
         fail("components", "fusion scoring needs at least one component")
+    if "component_weights" in arrays:
+        weights = need("component_weights", "f", 1)
+        if len(weights) != len(components) or not np.all(np.isfinite(weights)) or np.any(weights <= 0):
+            fail("component_weights", f"{weights.tolist()} must be one positive weight per component ({len(components)})")
     class_map = names("class_map", need("class_map", "U", 1))
     if not class_map:
         fail("class_map", "empty")
@@ -302,7 +307,7 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
     if missing:
         fail("threshold_machines", f"no threshold for {missing[0]}")
 
-    known = {"task", "scoring", "components", "class_map", "enrolled", "false_alarm_rate", "threshold_machines", "threshold_values"}
+    known = {"task", "scoring", "components", "component_weights", "class_map", "enrolled", "false_alarm_rate", "threshold_machines", "threshold_values"}
     per_type = {"norm_mean": 1, "norm_std": 1, "recon_mean": 1, "recon_precision": 2, "final_mean": 1, "final_precision": 2}
     types: dict[str, set[str]] = {}
     tables: dict[str, dict[str, np.ndarray]] = {"centre": {}, "precision": {}, "calibration": {}}

@@ -7,7 +7,8 @@ Two scorings share one statistics file:
   classification score = cross-entropy of the true id; final score = Mahalanobis distance of
   (reconstruction, classification) to the type's statistics.
 - ``fusion`` (mtad's default): per-id component scores, each standardised against that id's
-  held-out normals, then averaged (weighted by :data:`COMPONENT_WEIGHTS`):
+  held-out normals (the std pooled over the type's ids), then averaged with the weights stored
+  beside the components (:data:`COMPONENT_WEIGHTS` when fitted):
 
   - ``recon``: Mahalanobis distance of the log per-bin mean squared next-frame error to the
     id's centre (covariance shared within the type). Two-sided: an error that falls below
@@ -224,7 +225,8 @@ def pooled_calibration(raw_scores: dict[str, np.ndarray]) -> dict[str, np.ndarra
 
     An id's std from its few held-out clips is noisy (4-10 clips: +-25-35 %) and sets its
     components' weights in the fusion; the ids of a type share their covariances, so their
-    log distances spread alike, and pooling gives the std a type's worth of clips.
+    log Mahalanobis distances spread alike, and pooling gives the std a type's worth of clips.
+    For the distance components only (``class`` and ``embed`` keep :func:`calibration_of`).
     """
     logs = {m: np.log(np.asarray(v, np.float64) + LOG_EPS) for m, v in raw_scores.items()}
     out = {}
@@ -297,6 +299,7 @@ class ScoringStats:
     false_alarm_rate: float = 0.1
     scoring: str = "paper"
     components: tuple[str, ...] = ()  # fusion components, in order
+    weights: tuple[float, ...] = ()  # each component's weight in the fusion mean (empty: COMPONENT_WEIGHTS)
     centres: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> mean vector
     precisions: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type" -> shared precision
     calibration: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> (mean, std) of log score
@@ -382,7 +385,8 @@ class ScoringStats:
         return mahalanobis(self.component_vector(component, ev), centre, precision)
 
     def standardise(self, component: str, machine: str, raw: float) -> float:
-        """``(log raw - mean) / std`` against the id's held-out normals."""
+        """``(log raw - mean) / std``: the mean of the id's held-out normals, the std pooled over
+        the type's ids for distance components (enrolled ids: their own; :func:`pooled_calibration`)."""
         cal = self.calibration.get(f"{component}|{machine}")
         if cal is None:
             raise BundleError(f"no {component} calibration for {machine!r}")
@@ -390,7 +394,7 @@ class ScoringStats:
 
     def fuse(self, machine: str, raw: dict[str, float]) -> float:
         """Weighted mean of the standardised component scores (:data:`COMPONENT_WEIGHTS`)."""
-        weights = [component_weight(c) for c in self.components]
+        weights = self.weights or [component_weight(c) for c in self.components]
         return float(np.dot(weights, [self.standardise(c, machine, raw[c]) for c in self.components]) / sum(weights))
 
     def score_parts(self, machine: str, ev: ClipEvidence) -> ScoreParts:
@@ -416,6 +420,7 @@ class ScoringStats:
             "task": np.array(self.task),
             "scoring": np.array(self.scoring),
             "components": np.array(list(self.components), dtype=str),
+            "component_weights": np.array(self.weights or [component_weight(c) for c in self.components], np.float64),
             "class_map": np.array(self.class_map),
             "enrolled": np.array(list(self.enrolled), dtype=str),
             "false_alarm_rate": np.array(self.false_alarm_rate),
@@ -467,6 +472,7 @@ class ScoringStats:
             false_alarm_rate=float(arrays["false_alarm_rate"]),
             scoring=scoring,
             components=components,
+            weights=tuple(float(w) for w in np.asarray(arrays["component_weights"]).tolist()) if "component_weights" in arrays else (),
             centres=tables["centre"],
             precisions=tables["precision"],
             calibration=tables["calibration"],

@@ -128,6 +128,7 @@ def test_acoustic_is_one_distance_over_spectral_and_envelope_and_weighs_as_two(r
     stats.save(tmp_path / "s.npz")
     back = ScoringStats.load(tmp_path / "s.npz", n_mels=32)
     assert back.score_parts(m, ev) == stats.score_parts(m, ev) and back.components == ("recon", "acoustic")
+    assert back.weights == stats.weights == (1.0, 2.0)  # stored with the statistics, not read from the runtime's constants
     with pytest.raises(BundleError, match="acoustic score needs"):
         stats.score(m, ClipEvidence(ev.residual, ev.logits, ev.logmel))
 

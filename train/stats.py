@@ -20,6 +20,8 @@ from mtad.edge_runtime.scoring import (
     TypeStats,
     embed_centre_and_loo,
     error_vector,
+    calibration_of,
+    component_weight,
     mahalanobis,
     pooled_calibration,
     prediction_threshold,
@@ -97,7 +99,8 @@ def fit_scoring_stats(
     bad = [c for c in components if c not in allowed]
     if bad or not components:
         raise DatasetError(f"score component(s) {', '.join(bad) or '(none)'} not available for a {task} model (choose from {', '.join(allowed)})")
-    st = ScoringStats(task, class_map, types, false_alarm_rate=false_alarm_rate, scoring="fusion", components=tuple(components))
+    st = ScoringStats(task, class_map, types, false_alarm_rate=false_alarm_rate, scoring="fusion", components=tuple(components),
+                      weights=tuple(component_weight(c) for c in components))
     by_machine: dict[str, list[ClipEvidence]] = defaultdict(list)
     for m, ev in held:
         by_machine[m].append(ev)
@@ -138,7 +141,10 @@ def fit_scoring_stats(
                 st.centres[f"{comp}|{m}"] = centres[m]
             raw[comp].update(_loo_distances(vecs, {m: range(len(vecs[m])) for m in machines}, fixed))
     for comp, per_machine in raw.items():
-        st.calibration.update({f"{comp}|{m}": cal for m, cal in pooled_calibration(per_machine).items()})
+        if comp in ("class", "embed"):  # not distances under a shared covariance: per id
+            st.calibration.update({f"{comp}|{m}": calibration_of(v) for m, v in per_machine.items()})
+        else:
+            st.calibration.update({f"{comp}|{m}": cal for m, cal in pooled_calibration(per_machine).items()})
     finals = {m: [st.fuse(m, {c: raw[c][m][i] for c in components}) for i in range(len(evs))] for m, evs in by_machine.items()}
     st.thresholds = {m: prediction_threshold(np.array(v), false_alarm_rate) for m, v in finals.items()}
     return st, finals

@@ -73,6 +73,7 @@ def test_symlink_out_of_the_bundle_is_refused_even_with_matching_hash(fault_bund
     (lambda a: a.pop("calibration|acoustic|pump/id_02"), r"calibration\|acoustic\|pump/id_02: missing"),
     (lambda a: a.update({"precision|acoustic|fan": a["precision|acoustic|fan"][:-1, :-1]}), r"precision\|acoustic\|fan: shape \(243, 243\), expected \(244, 244\)"),
     (lambda a: a.update(threshold_values=a["threshold_values"][:-1]), r"threshold_values: 15 values for 16 threshold_machines"),
+    (lambda a: a.update(component_weights=np.array([1.0])), r"component_weights: \[1\.0\] must be one positive weight per component \(2\)"),
     (lambda a: a.update(task=np.array("segment")), r"task: 'segment' is not one of multitask, recon, classify"),
     (lambda a: a.update({"centre|recon|fan/id_00": np.full(4, np.nan)}), r"centre\|recon\|fan/id_00: holds NaN"),
     (lambda a: a.update(class_map=a["class_map"][::-1]), r"stats\.npz: class_map .* differs from the manifest's"),
