@@ -80,6 +80,10 @@ def test_enrolled_id_scores_like_a_trained_one_torch_free(held_out_id, tmp_path)
     b = load_bundle(bundle)  # hashes checked
     assert b.manifest["revision"] == 1 and b.manifest["enrolled"]["fan/id_04"]["clips"] == 24
     assert "fan/id_04" in b.stats.enrolled and "fan/id_04" not in b.stats.class_map
+    # trained fan ids share the type's pooled calibration std; the enrolled id keeps its own
+    comp = next(c for c in b.stats.components if c not in ("class", "embed"))
+    trained_std = {float(b.stats.calibration[f"{comp}|{m}"][1]) for m in b.stats.class_map if m.startswith("fan/")}
+    assert len(trained_std) == 1 and float(b.stats.calibration[f"{comp}|fan/id_04"][1]) not in trained_std
 
     test = sorted((data / "fan" / "test").glob("*_id_04_*.wav"))
     y = np.array([p.name.startswith("anomaly") for p in test], int)
