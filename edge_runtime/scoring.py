@@ -328,6 +328,11 @@ class ScoringStats:
         return self.types[machine_type]
 
     @property
+    def fusion_weights(self) -> tuple[float, ...]:
+        """Each component's weight in the fusion mean: the stored ones, else :data:`COMPONENT_WEIGHTS`."""
+        return self.weights or tuple(component_weight(c) for c in self.components)
+
+    @property
     def needs_envelope(self) -> bool:
         """Whether scoring needs :func:`envelope.envelope_vector` of the clip's audio."""
         return self.scoring == "fusion" and needs_audio(self.components)
@@ -394,7 +399,7 @@ class ScoringStats:
 
     def fuse(self, machine: str, raw: dict[str, float]) -> float:
         """Weighted mean of the standardised component scores (:data:`COMPONENT_WEIGHTS`)."""
-        weights = self.weights or [component_weight(c) for c in self.components]
+        weights = self.fusion_weights
         return float(np.dot(weights, [self.standardise(c, machine, raw[c]) for c in self.components]) / sum(weights))
 
     def score_parts(self, machine: str, ev: ClipEvidence) -> ScoreParts:
@@ -420,7 +425,7 @@ class ScoringStats:
             "task": np.array(self.task),
             "scoring": np.array(self.scoring),
             "components": np.array(list(self.components), dtype=str),
-            "component_weights": np.array(self.weights or [component_weight(c) for c in self.components], np.float64),
+            "component_weights": np.array(self.fusion_weights, np.float64),
             "class_map": np.array(self.class_map),
             "enrolled": np.array(list(self.enrolled), dtype=str),
             "false_alarm_rate": np.array(self.false_alarm_rate),

@@ -14,14 +14,13 @@ from mtad.edge_runtime.scoring import (
     DEFAULT_COMPONENTS,
     MIN_CALIBRATION_CLIPS,
     MODEL_FREE,
-    NEEDS_AUDIO,
     ClipEvidence,
     ScoringStats,
     TypeStats,
-    embed_centre_and_loo,
-    error_vector,
     calibration_of,
     component_weight,
+    embed_centre_and_loo,
+    error_vector,
     mahalanobis,
     pooled_calibration,
     prediction_threshold,
@@ -82,11 +81,11 @@ def fit_scoring_stats(
     false_alarm_rate: float = 0.1,
     scoring: str = "fusion",
     components: tuple[str, ...] = DEFAULT_COMPONENTS,
-    extra_normals: list[tuple[str, ClipEvidence | np.ndarray]] = (),
+    extra_normals: list[tuple[str, ClipEvidence]] = (),
 ) -> tuple[ScoringStats, dict[str, list[float]]]:
     """Fit statistics and thresholds from ``held``: ``(machine, evidence)`` of normals the model
-    never trained on. ``extra_normals`` (``(machine, evidence or raw log-mel)`` of the clips the
-    model did train on) join the fit of the model-free components (``spectral``, ``envelope``,
+    never trained on. ``extra_normals`` (``(machine, evidence)`` of the clips the model did train
+    on, without model outputs) join the fit of the model-free components (``spectral``, ``envelope``,
     ``acoustic``) only.
 
     Returns the stats and each machine's held-out final scores, computed out of sample
@@ -111,9 +110,9 @@ def fit_scoring_stats(
             f"(need >= {MIN_CALIBRATION_CLIPS} per id); add training clips or raise --stats-holdout"
         )
     extra: dict[str, list[ClipEvidence]] = defaultdict(list)
-    for m, item in extra_normals:
+    for m, ev in extra_normals:
         if m in by_machine:
-            extra[m].append(item if isinstance(item, ClipEvidence) else ClipEvidence(None, None, item))
+            extra[m].append(ev)
     raw: dict[str, dict[str, np.ndarray]] = {}  # component -> machine -> out-of-sample raw scores of held clips
     for comp in components:
         if comp == "class":
@@ -128,12 +127,7 @@ def fit_scoring_stats(
         for t in sorted({m.split("/")[0] for m in by_machine}):
             machines = [m for m in by_machine if m.split("/")[0] == t]
             vecs = {m: np.stack([st.component_vector(comp, ev) for ev in by_machine[m]]) for m in machines}
-            fixed = {}
-            if comp in MODEL_FREE:
-                for m in machines:
-                    rows = [st.component_vector(comp, ev) for ev in extra[m] if comp not in NEEDS_AUDIO or ev.envelope is not None]
-                    if rows:
-                        fixed[m] = np.stack(rows)
+            fixed = {m: np.stack([st.component_vector(comp, ev) for ev in extra[m]]) for m in machines if comp in MODEL_FREE and extra[m]}
             full = {m: np.concatenate([vecs[m], fixed[m]]) if m in fixed else vecs[m] for m in machines}
             centres, precision = shared_gaussian(full)
             st.precisions[f"{comp}|{t}"] = precision
