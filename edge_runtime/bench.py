@@ -49,7 +49,10 @@ def worker(bundle_dir: str, backend: str, precision: str, clip: str, machine: st
 
 
 def bundle_combos(bundle) -> list[tuple[str, str, str, str | None]]:
-    """(worker module, backend, precision, extra) for every variant of the bundle."""
+    """(worker module, backend, precision, extra) for every variant of the bundle; one, without a
+    model, for a bundle whose scores are model-free."""
+    if not bundle.stats.needs_model:
+        return [("mtad.edge_runtime.bench", "none", "fp32", None)]
     combos = [("mtad.edge_runtime.bench", "onnxruntime", v.precision, None) for v in bundle.variants.values() if v.kind == "onnx"]
     for precision in ("fp32", "fp16", "int8"):
         if bundle.engine(precision)[0] is not None:

@@ -45,6 +45,7 @@ class _ClipSums:
         self.next_start = 0  # next regular window start
         self.spectral = SpectralStats(n_mels)  # also holds the per-bin log-mel sums
         self.envelope = EnvelopeStats() if scorer.bundle.stats.needs_envelope else None
+        self.uses_model = scorer.bundle.stats.needs_model
         self.err_sq = np.zeros(n_mels)  # per-bin sum of squared next-frame error
         self.pending: tuple[int, np.ndarray] | None = None  # (start, residual) of the last regular window
         self.logits: list[np.ndarray] = []
@@ -78,6 +79,10 @@ class _ClipSums:
         self.padded_offset += keep
         self.padded = self.padded[keep:]
         self.spectral.add(mel)
+        if not self.uses_model:  # only the frame count is kept
+            self.x_offset += mel.shape[1]
+            self.times["frontend"] += time.perf_counter() - t0
+            return
         self.x = np.concatenate([self.x, self.norm.apply(mel)], axis=1)
         self.times["frontend"] += time.perf_counter() - t0
         self._regular_windows()
@@ -134,6 +139,15 @@ class _ClipSums:
         T = self.n_frames  # noqa: N806
         if T < self.window:
             raise AudioError(f"{self.name}: clip has {T} frames, the model window needs {self.window}")
+        # The smallest arrays that scoring.py's reductions turn into the same numbers:
+        # log-mel mean and population std here; below, per-bin mean squared error (error_vector,
+        # recon MSE) and mean unit embedding (embedding_vector); the spectral vector comes from
+        # its own running sums (SpectralStats).
+        mean, std = self.spectral.mean_std()
+        logmel = np.stack([mean - std, mean + std], axis=1)
+        envelope = None if self.envelope is None else self.envelope.vector()
+        if not self.uses_model:
+            return ClipEvidence(None, None, logmel, None, self.spectral.vector(), envelope), self.times
         last = T - self.window
         if self.pending is None or self.pending[0] != last:  # the final window, flush with the end
             pred = self._infer([last])
@@ -146,15 +160,8 @@ class _ClipSums:
             self._add_residual(self.pending[1])
         self.pending = None
         n_scored = T - self.warmup - 1
-        # The smallest arrays that scoring.py's reductions turn into the same numbers:
-        # per-bin mean squared error (error_vector, recon MSE), log-mel mean and population
-        # std, mean unit embedding (embedding_vector); the spectral vector comes from its own
-        # running sums (SpectralStats).
         residual = np.sqrt(self.err_sq / n_scored)[:, None]
-        mean, std = self.spectral.mean_std()
-        logmel = np.stack([mean - std, mean + std], axis=1)
         embedding = None if self.emb_sum is None else (self.emb_sum / sum(len(x) for x in self.logits))[None, :]
-        envelope = None if self.envelope is None else self.envelope.vector()
         return ClipEvidence(residual, np.concatenate(self.logits), logmel, embedding, self.spectral.vector(), envelope), self.times
 
 

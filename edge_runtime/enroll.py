@@ -32,6 +32,7 @@ from .envelope import envelope_vector
 from .errors import AudioError, BundleError, ConfigError
 from .features import LogMelExtractor
 from .hashing import sha256_file
+from .runners import NoModelRunner
 from .scoring import (
     MIN_CALIBRATION_CLIPS,
     ClipEvidence,
@@ -88,8 +89,10 @@ def check_enrollment_audio(audio: np.ndarray, name: str) -> None:
 
 def _evidence(bundle: Bundle, runner, extract: LogMelExtractor, machine_type: str, audio: np.ndarray) -> ClipEvidence:
     logmel = extract(audio)
-    x = bundle.stats.type_stats(machine_type).norm.apply(logmel)
-    residual, logits, embedding = clip_outputs(x, runner.infer, bundle.window, bundle.warmup)
+    residual = logits = embedding = None
+    if bundle.stats.needs_model:
+        x = bundle.stats.type_stats(machine_type).norm.apply(logmel)
+        residual, logits, embedding = clip_outputs(x, runner.infer, bundle.window, bundle.warmup)
     envelope = envelope_vector(audio) if bundle.stats.needs_envelope else None
     return ClipEvidence(residual, logits, logmel, embedding, envelope=envelope)
 
@@ -158,7 +161,7 @@ def _enroll(bundle_dir, machine, paths, segment_seconds, log) -> EnrollResult:
     extract = LogMelExtractor()
     sr = extract.cfg.sample_rate
     min_samples = (bundle.window - 1) * extract.cfg.hop_length
-    runner = bundle.onnx_runner("fp32")
+    runner = bundle.onnx_runner("fp32") if stats.needs_model else NoModelRunner()
     warnings: list[str] = []
     evidence, seconds = [], 0.0
     norm = stats.type_stats(machine_type).norm

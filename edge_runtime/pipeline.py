@@ -53,7 +53,8 @@ class ScoreResult:
 
 
 class EdgeScorer:
-    """Scores audio for one bundle with one runner (both built once and reused)."""
+    """Scores audio for one bundle with one runner (both built once and reused). The runner is
+    never called for a bundle whose scores are model-free (``bundle.stats.needs_model`` false)."""
 
     def __init__(self, bundle: Bundle, runner):
         self.bundle = bundle
@@ -72,9 +73,8 @@ class EdgeScorer:
         t0 = time.perf_counter()
         logmel = self.extract(audio)
         envelope = envelope_vector(audio) if self.bundle.stats.needs_envelope else None
-        x = self.bundle.stats.type_stats(machine.split("/")[0]).norm.apply(logmel)
         t1 = time.perf_counter()
-        timing = {}
+        timing = {"inference": 0.0}
 
         def timed_infer(batch):
             s = time.perf_counter()
@@ -82,7 +82,10 @@ class EdgeScorer:
             timing["inference"] = time.perf_counter() - s
             return out
 
-        residual, logits, embedding = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
+        residual = logits = embedding = None
+        if self.bundle.stats.needs_model:
+            x = self.bundle.stats.type_stats(machine.split("/")[0]).norm.apply(logmel)
+            residual, logits, embedding = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
         t2 = time.perf_counter()
         parts = self.bundle.stats.score_parts(machine, ClipEvidence(residual, logits, logmel, embedding, envelope=envelope))
         threshold = self.bundle.stats.threshold(machine)
@@ -131,8 +134,15 @@ class EdgeScorer:
 
 
 def choose_runner(bundle: Bundle, backend: str = "auto", precision: str = "fp32", threads: int = 0, log=None):
-    """Pick a runner: auto prefers a TensorRT engine, then ORT with TensorRT/CUDA/CPU providers."""
-    from .runners import available_ort_providers
+    """Pick a runner: auto prefers a TensorRT engine, then ORT with TensorRT/CUDA/CPU providers.
+    A bundle whose scores need no model gets :class:`~.runners.NoModelRunner` whatever is asked."""
+    from .runners import NoModelRunner, available_ort_providers
+
+    if not bundle.stats.needs_model:
+        runner = NoModelRunner()
+        if log:
+            log(f"backend: {runner.describe()}; --backend/--precision do not apply")
+        return runner
 
     if backend in ("auto", "tensorrt"):
         engine_path, key = bundle.engine(precision)

@@ -154,3 +154,19 @@ class OnnxRuntimeRunner:
     def describe(self) -> str:
         return (f"onnxruntime/{self.provider.replace('ExecutionProvider', '')}/{self.precision} "
                 f"(opt {self.optimization_level}: {self.optimization_reason})")
+
+
+class NoModelRunner:
+    """Stands in for a runner when the bundle's scores need no model (``--components acoustic``):
+    the device then loads no ONNX session or engine and runs no inference."""
+
+    backend = "none"
+    precision = "none"
+
+    def infer(self, batch: np.ndarray):
+        raise BundleError("this bundle's scores use no model; nothing should run inference")
+
+    __call__ = infer
+
+    def describe(self) -> str:
+        return "none (the bundle's scores are model-free: no inference)"

@@ -333,6 +333,11 @@ class ScoringStats:
         return self.weights or tuple(component_weight(c) for c in self.components)
 
     @property
+    def needs_model(self) -> bool:
+        """Whether any score needs the network's outputs; a model-free bundle is scored from the audio alone."""
+        return self.scoring != "fusion" or not all(c in MODEL_FREE for c in self.components)
+
+    @property
     def needs_envelope(self) -> bool:
         """Whether scoring needs :func:`envelope.envelope_vector` of the clip's audio."""
         return self.scoring == "fusion" and needs_audio(self.components)

@@ -1,0 +1,106 @@
+"""A bundle whose scores are model-free (``--components acoustic``) runs no inference on the device."""
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+from click.testing import CliRunner
+
+from mtad.edge_runtime.audio import load_audio
+from mtad.edge_runtime.bundle import load_bundle
+from mtad.edge_runtime.cli import main as edge_main
+from mtad.edge_runtime.dataset import scan_dataset
+from mtad.edge_runtime.pipeline import EdgeScorer, choose_runner
+from mtad.edge_runtime.runners import NoModelRunner
+
+from .test_imports import run_blocked
+
+
+class _Refuses:
+    backend, precision = "onnxruntime", "fp32"
+
+    def infer(self, batch):
+        raise AssertionError("a model-free bundle ran the model")
+
+
+@pytest.fixture(scope="module")
+def model_free(tiny_synth, tmp_path_factory):
+    """(run dir, bundle dir) of a tiny run scored by the `acoustic` component alone."""
+    from mtad.export.bundle_writer import export_bundle
+    from mtad.train.config import load_config
+    from mtad.train.trainer import train_run
+
+    root = tmp_path_factory.mktemp("model-free")
+    train_run(tiny_synth, root / "run", load_config("tiny", epochs=1, seed=0, components="acoustic"), progress=False)
+    export_bundle(root / "run", root / "bundle", progress=False, log=lambda m: None)
+    return root / "run", root / "bundle"
+
+
+def test_default_bundle_needs_the_model(tiny_bundle):
+    assert load_bundle(tiny_bundle).stats.needs_model
+
+
+def test_model_free_scores_equal_evaluation_without_inference(model_free, tiny_synth):
+    from mtad.train.evaluate import load_run, score_split
+
+    run_dir, bundle_dir = model_free
+    bundle = load_bundle(bundle_dir)
+    assert not bundle.stats.needs_model and bundle.stats.components == ("acoustic",)
+    assert isinstance(choose_runner(bundle, "auto"), NoModelRunner)
+    scorer = EdgeScorer(bundle, _Refuses())
+    scores, _ = score_split(load_run(run_dir), scan_dataset(tiny_synth), progress=False)
+    for s in scores[::5]:
+        edge = scorer.score_file(s.path)
+        assert edge.inference_ms == 0 and set(edge.components) == {"acoustic"}
+        assert edge.score == pytest.approx(s.score, rel=1e-6, abs=1e-6)
+        assert edge.threshold == pytest.approx(s.threshold) and edge.anomaly == s.anomaly
+
+
+def test_model_free_blocks_give_the_whole_file_score(model_free, tiny_synth, tmp_path):
+    scorer = EdgeScorer(load_bundle(model_free[1]), _Refuses())
+    clips = sorted((tiny_synth / "pump" / "test").glob("*.wav"))
+    y = np.resize(np.concatenate([load_audio(c) for c in clips]), 16000 * 17)
+    path = tmp_path / "long.wav"
+    sf.write(path, y, 16000, subtype="FLOAT")
+    whole = scorer.score_audio(load_audio(path), "pump/id_02")
+    blocks = scorer.score_file_blocks(path, "pump/id_02", block_seconds=2.3)
+    assert blocks.score == pytest.approx(whole.score, rel=1e-6, abs=1e-6)
+    assert blocks.components["acoustic"] == pytest.approx(whole.components["acoustic"], rel=1e-6)
+
+
+def test_edge_cli_and_bench_report_no_backend_and_load_no_torch(model_free, tiny_synth):
+    bundle_dir = model_free[1]
+    clip = sorted((tiny_synth / "fan" / "test").glob("*.wav"))[0]
+    res = run_blocked(
+        "import sys\nfrom mtad.edge_runtime.cli import main\n"
+        f"try:\n    main(['--bundle', {str(bundle_dir)!r}, '--backend', 'onnxruntime', {str(clip)!r}])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"
+    )
+    assert res.returncode == 0, res.stderr
+    rec = json.loads(res.stdout.splitlines()[0])
+    assert rec["backend"] == "none" and np.isfinite(rec["score"]) and "model-free" in res.stderr
+    res = CliRunner().invoke(edge_main, ["bench", "--bundle", str(bundle_dir), "--clip", str(clip), "--repeats", "2"])
+    assert res.exit_code == 0, res.output
+    rows = [ln for ln in res.stdout.splitlines() if ln.startswith("| none")]
+    assert len(rows) == 1, res.stdout
+
+
+def test_model_free_enrollment_runs_no_model(model_free, tiny_synth, tmp_path, monkeypatch):
+    import shutil
+
+    import mtad.edge_runtime.enroll as enroll
+
+    monkeypatch.setattr(enroll, "clip_outputs", _Refuses().infer)
+    bundle_dir = tmp_path / "b"
+    shutil.copytree(model_free[1], bundle_dir)
+    train = sorted((tiny_synth / "fan" / "train").glob("normal_id_00_*.wav"))  # 8 clips of 3 s -> 16 of 1.5 s
+    res = CliRunner().invoke(edge_main, ["enroll", "--bundle", str(bundle_dir), "--machine", "fan/id_99",
+                                         "--seconds-per-clip", "1.5", *map(str, train)])
+    assert res.exit_code == 0, res.output
+    bundle = load_bundle(bundle_dir)
+    assert "fan/id_99" in bundle.stats.enrolled and not bundle.stats.needs_model
+    clip = sorted((tiny_synth / "fan" / "test").glob("*id_00*.wav"))[0]
+    r = EdgeScorer(bundle, _Refuses()).score_file(clip, "fan/id_99")
+    assert np.isfinite(r.score) and r.inference_ms == 0
