@@ -22,6 +22,8 @@ import soundfile as sf
 
 CHILD = r"""
 import json, resource, sys, time
+from mtad.edge_runtime.allocator import keep_freed_memory
+keep_freed_memory()  # as mtad-edge does (MTAD_MALLOC=default: glibc's own thresholds)
 from mtad.edge_runtime.audio import load_audio
 from mtad.edge_runtime.bundle import load_bundle
 from mtad.edge_runtime.pipeline import EdgeScorer

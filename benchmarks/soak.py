@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.bundle import load_bundle
 from mtad.edge_runtime.mic import run_microphone
 from mtad.edge_runtime.pipeline import EdgeScorer
@@ -57,6 +58,7 @@ def main() -> None:
     ap.add_argument("--precision", default="int8")
     args = ap.parse_args()
 
+    keep_freed_memory()  # as mtad-edge does
     bundle = load_bundle(args.bundle)
     machine = args.machine or bundle.class_map[0]
     scorer = EdgeScorer(bundle, bundle.onnx_runner(args.precision, threads=1))

@@ -25,10 +25,12 @@ def worker(bundle_dir: str, backend: str, precision: str, clip: str, machine: st
     """Runs inside the child process; returns the measurements. ``make`` builds the runner
     (other packages pass their own, e.g. a PyTorch reference, without this module knowing them)."""
     t0 = time.perf_counter()
+    from .allocator import keep_freed_memory
     from .audio import load_audio
     from .bundle import load_bundle
     from .pipeline import EdgeScorer
 
+    keep_freed_memory()  # as mtad-edge does
     bundle = load_bundle(bundle_dir)
     runner = make(bundle, backend, precision, threads, extra)
     scorer = EdgeScorer(bundle, runner)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import click
 
+from .allocator import keep_freed_memory
 from .cli_common import report_errors
 
 EXIT_INPUTS_FAILED = 3  # some files could not be scored; the others were
@@ -27,6 +28,7 @@ class _DefaultToScore(click.Group):
 @click.group(cls=_DefaultToScore, context_settings={"help_option_names": ["-h", "--help"]})
 def main():
     """Torch-free anomaly scoring on the device. Default command: score (files or --mic)."""
+    keep_freed_memory()
 
 
 class JsonlSink:

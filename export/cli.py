@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.cli_common import parse_csv, report_errors
 
 
@@ -37,6 +38,7 @@ from mtad.edge_runtime.cli_common import parse_csv, report_errors
 def main(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8_reduce_range, int8_exclude, accuracy_budget_text,
          val_data, int8_floor, reference_clips, engine, force, quiet):
     """Export RUN to a bundle the edge runtime loads (mtad-edge --bundle OUT)."""
+    keep_freed_memory()
     from mtad.edge_runtime.constants import parse_budgets
     from mtad.edge_runtime.runners import import_onnxruntime
 

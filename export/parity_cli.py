@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.cli_common import report_errors
 
 EXIT_OVER_BUDGET = 4
@@ -33,6 +34,7 @@ EXIT_OVER_BUDGET = 4
 def main(bundle_dir, run_dir, data, budget_text, json_path, plot_path, quiet):
     """Score with the reference and every bundle variant; exit 4 if any machine drifts over budget:
     |dAUC| over --budget, or Spearman rho / worst relative score error past the score budgets."""
+    keep_freed_memory()
     from mtad.edge_runtime.constants import DEFAULT_BUDGETS, parse_budgets
     from mtad.edge_runtime.parity import format_report, scatter_plot
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.cli_common import report_errors
 
 from mtad.edge_runtime.scoring import COMPONENTS, DEFAULT_COMPONENTS, SCORINGS
@@ -43,6 +44,7 @@ def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdo
     Several GPUs or nodes: start it with torchrun (``torchrun --nproc-per-node N -m mtad.train.cli ...``)
     or pass --nproc N on one node. The configured batch size is the global batch, split over the ranks.
     """
+    keep_freed_memory()
     import sys
 
     if nproc is not None:

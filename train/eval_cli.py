@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.cli_common import parse_csv, report_errors
 from mtad.edge_runtime.errors import ConfigError
 from mtad.edge_runtime.scoring import COMPONENTS, SCORINGS
@@ -26,6 +27,7 @@ from mtad.edge_runtime.scoring import COMPONENTS, SCORINGS
 @report_errors
 def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, scoring, components, baseline, quiet):
     """Score DATA's test clips with RUN and report AUC/pAUC (DCASE2020 definitions)."""
+    keep_freed_memory()
     from mtad.edge_runtime.dataset import scan_dataset
 
     from .evaluate import compute_metrics, format_comparison, format_tables, load_run, refit_stats, score_split, write_json, write_plots

@@ -26,6 +26,7 @@ import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.atomic import atomic_path, atomic_write
 from mtad.edge_runtime.audio import load_audio
 from mtad.edge_runtime.dataset import Clip
@@ -170,6 +171,7 @@ def _worker_init(out: str, header_size: int, cfg: FeatureConfig) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     _WORKER["blas"] = _single_threaded_blas()
+    keep_freed_memory()  # spawned workers start with glibc's defaults
     _WORKER.update(out=open(out, "r+b"), header_size=header_size, cfg=cfg)
 
 

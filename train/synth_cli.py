@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.cli_common import parse_csv, report_errors
 from mtad.edge_runtime.errors import ConfigError
 
@@ -28,6 +29,7 @@ from .synth import MACHINE_TYPES, SynthConfig
 @report_errors
 def main(out, types, ids, n_train, n_test, n_val, seconds, severity, snr, seed, workers):
     """Synthesise machine sounds into OUT/<type>/{train,test}/...wav (and val/ with --val; 16 kHz mono 16-bit)."""
+    keep_freed_memory()
     from .synth_writer import write_dataset
 
     try:
