@@ -4,8 +4,9 @@ A file is read ``block_seconds`` at a time (``soundfile.blocks``), resampled wit
 streaming resampler (bit-identical to the one-shot call), turned into STFT frames that continue
 across block edges, and cut into the same model windows as :func:`windows.window_starts` would.
 What the scores need from a whole clip reduces to per-bin sums (squared next-frame error,
-log-mel and its square), the windows' logits (a few KB per hour) and the sum of their unit
-embeddings, so memory stays flat however long the file is. Only the last regular window's
+log-mel and its square), the windows' logits (a few KB per hour), the sum of their unit
+embeddings and the bands' levels behind the modulation statistics (about 29 MB per hour), so
+memory grows slowly however long the file is. Only the last regular window's
 residual is held back: the clip's final window, placed flush with the end, overwrites part of
 it exactly as :func:`windows.prediction_residual` does.
 """

@@ -75,19 +75,28 @@ class EnvelopeStats:
     def vector(self) -> np.ndarray:
         if self.n < MIN_ENVELOPE_FRAMES:
             raise ValueError(f"envelope statistics need at least {MIN_ENVELOPE_FRAMES} frames ({self.n} so far)")
-        modulation = modulation_power(np.concatenate(self.levels, axis=1), ENVELOPE_FRAME_RATE, ENVELOPE_MODULATION_EDGES_HZ)
+        modulation = modulation_power(self.levels, ENVELOPE_FRAME_RATE, ENVELOPE_MODULATION_EDGES_HZ)
         return np.log(modulation + _EPS).ravel()
 
 
-def modulation_power(levels: np.ndarray, frame_rate: float, edges) -> np.ndarray:
+def modulation_power(levels, frame_rate: float, edges) -> np.ndarray:
     """Mean periodogram power of each row of ``levels`` (bands, frames) in each modulation range
     ``edges[i]..edges[i + 1]`` Hz: ``(bands, len(edges) - 1)``. A series too short to resolve a
-    range gets no power there, not NaN."""
-    x = levels.astype(np.float64)
-    power = np.abs(np.fft.rfft(x - x.mean(axis=1, keepdims=True), axis=1)) ** 2 / x.shape[1]
-    freqs = np.fft.rfftfreq(x.shape[1], 1.0 / frame_rate)
-    return np.stack([power[:, sel].mean(axis=1) if sel.any() else np.zeros(len(power))
-                     for sel in ((freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:]))], axis=1)
+    range gets no power there, not NaN.
+
+    ``levels`` may also be a list of consecutive ``(bands, t)`` chunks. Rows are transformed one
+    at a time, so an hour of levels needs a few MB beyond the levels themselves, not a float64
+    copy and spectrum of every band at once."""
+    chunks = [levels] if isinstance(levels, np.ndarray) else list(levels)
+    n_rows, n = chunks[0].shape[0], sum(c.shape[1] for c in chunks)
+    freqs = np.fft.rfftfreq(n, 1.0 / frame_rate)
+    ranges = [(freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:])]
+    out = np.zeros((n_rows, len(ranges)))
+    for i in range(n_rows):
+        x = np.concatenate([c[i] for c in chunks]).astype(np.float64)
+        power = np.abs(np.fft.rfft(x - x.mean())) ** 2 / n
+        out[i] = [power[sel].mean() if sel.any() else 0.0 for sel in ranges]
+    return out
 
 
 def envelope_vector(audio: np.ndarray) -> np.ndarray:

@@ -18,7 +18,7 @@ from .scoring import ClipEvidence
 from .windows import clip_outputs
 
 
-# Files longer than this are read and scored block by block (same result, flat memory).
+# Files longer than this are read and scored block by block (same result; memory grows only by the band levels, ~29 MB an hour).
 BLOCK_SECONDS = 30.0
 
 
@@ -97,7 +97,7 @@ class EdgeScorer:
     def score_file(self, path: Path, machine: str | None = None, channel: int | str = 0,
                    block_seconds: float = BLOCK_SECONDS) -> ScoreResult:
         """Score a sound file as one clip; files longer than ``block_seconds`` are read in blocks
-        of that length so memory stays flat (same score as reading it whole)."""
+        of that length so memory stays small (same score as reading it whole)."""
         if machine is None:
             parsed = parse_machine_from_path(Path(path))
             if parsed is None:

@@ -159,7 +159,7 @@ class SpectralStats:
         mean, std = self.mean_std()
         d_mean = self.d_sum / self.n_d
         delta = np.log(np.sqrt(np.maximum(self.d_sq / self.n_d - d_mean * d_mean, 0.0)) + LOG_EPS)
-        modulation = modulation_power(np.concatenate(self.coarse, axis=1), FRAME_RATE, MODULATION_EDGES_HZ)  # none under ~16 frames
+        modulation = modulation_power(self.coarse, FRAME_RATE, MODULATION_EDGES_HZ)  # none under ~16 frames
         return np.concatenate([band_mean(mean, SPECTRAL_BAND), band_mean(std, SPECTRAL_BAND), delta, np.log(modulation + LOG_EPS).ravel()])
 
 

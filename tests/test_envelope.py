@@ -10,6 +10,7 @@ from mtad.edge_runtime.envelope import (
     EnvelopeStats,
     envelope_dim,
     envelope_vector,
+    modulation_power,
 )
 from mtad.edge_runtime.errors import BundleError
 from mtad.edge_runtime.features import LogMelExtractor
@@ -43,6 +44,19 @@ def test_streaming_equals_whole_clip():
     assert whole.shape == (envelope_dim(),) == (84,)
     assert np.all(np.isfinite(whole))
     np.testing.assert_allclose(acc.vector(), whole, rtol=0, atol=1e-6)
+
+
+def test_modulation_power_from_chunks_equals_the_periodogram_of_the_whole_series():
+    levels = np.random.default_rng(3).standard_normal((12, 1251)).astype(np.float32)
+    edges, rate = ENVELOPE_MODULATION_EDGES_HZ, 125.0
+    x = levels.astype(np.float64)
+    power = np.abs(np.fft.rfft(x - x.mean(axis=1, keepdims=True), axis=1)) ** 2 / x.shape[1]
+    freqs = np.fft.rfftfreq(x.shape[1], 1 / rate)
+    expected = np.stack([power[:, (freqs >= lo) & (freqs < hi)].mean(axis=1) for lo, hi in zip(edges[:-1], edges[1:])], axis=1)
+    np.testing.assert_allclose(modulation_power(levels, rate, edges), expected, rtol=1e-12)
+    np.testing.assert_allclose(modulation_power([levels[:, :400], levels[:, 400:401], levels[:, 401:]], rate, edges), expected, rtol=1e-12)
+    short = modulation_power(levels[:, :20], rate, edges)  # 20 frames resolve nothing below 6.25 Hz
+    assert short.shape == (12, 7) and np.all(short[:, :3] == 0) and np.all(short[:, -1] > 0)
 
 
 def test_too_short_is_refused():
