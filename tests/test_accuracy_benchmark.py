@@ -1,0 +1,58 @@
+"""The accuracy benchmark's statistics (benchmarks/accuracy.py): paired verdicts, the summary
+over seeds and (seed, id) units, and the scoring variants it switches in and out."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from mtad.edge_runtime import scoring
+
+from .conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("accuracy_benchmark", REPO / "benchmarks" / "accuracy.py")
+acc = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(acc)
+DEFAULT = acc.METHODS[0][1]
+
+
+def test_paired_uses_the_larger_standard_error_and_two_of_them():
+    assert acc.paired(0.05, 0.01, 0.02).endswith("better")  # 0.05 > 2 x 0.02
+    assert acc.paired(0.03, 0.01, 0.02).endswith("tie (within 2 SE)")  # the unit SE decides
+    assert acc.paired(0.03, 0.02, 0.01).endswith("tie (within 2 SE)")  # the seed SE decides
+    assert acc.paired(-0.05, float("nan"), 0.01) == "-0.050 +- 0.010: worse"  # one seed: the unit SE
+
+
+def test_summary_over_seeds_and_units_by_hand():
+    machines = ["a/id_00", "a/id_01", "b/id_00", "b/id_01"]
+    aucs = {  # seed -> method -> AUC per machine
+        0: {acc.BASELINE: [0.6, 0.6, 0.6, 0.6], DEFAULT: [0.8, 0.8, 0.6, 0.7]},
+        1: {acc.BASELINE: [0.6, 0.6, 0.6, 0.7], DEFAULT: [0.9, 0.7, 0.5, 0.5]},
+    }
+    per_seed = {s: {meth: {m: (a, a, None if meth == acc.BASELINE else 0.1) for m, a in zip(machines, v)} for meth, v in d.items()}
+                for s, d in aucs.items()}
+    summary = acc.summarise(per_seed)
+    mean = summary["table"][DEFAULT]["mean"]
+    # seed means (mean over types of the mean over ids): default 0.725, 0.65; baseline 0.6, 0.625
+    assert mean["auc"] == pytest.approx(0.6875) and mean["se"] == pytest.approx(np.std([0.725, 0.65], ddof=1) / np.sqrt(2))
+    assert mean["diff"] == pytest.approx(0.075) and mean["diff_se"] == pytest.approx(0.05)
+    units = np.array([0.2, 0.2, 0.0, 0.1, 0.3, 0.1, -0.1, -0.2])  # default - baseline per (seed, id)
+    assert mean["diff_units_se"] == pytest.approx(units.std(ddof=1) / np.sqrt(8))
+    assert mean["far"] == pytest.approx(0.1) and summary["table"][acc.BASELINE]["mean"]["far"] is None
+    b = summary["table"][DEFAULT]["b"]
+    assert b["auc"] == pytest.approx(0.575) and b["diff"] == pytest.approx(-0.05)
+    assert b["diff_se"] == pytest.approx(np.std([0.0, 0.1, -0.1, -0.2], ddof=1) / 2)
+    text = acc.render(summary)
+    assert "b -0.050 +- 0.065" in text and "below the baseline under the default: none" in text
+
+
+def test_scoring_variants_are_switched_back():
+    logmel = np.random.default_rng(0).standard_normal((128, 100)).astype(np.float32)
+    dim = scoring.spectral_vector(logmel).shape
+    with acc.scoring_variant("equal"):
+        assert scoring.component_weight("acoustic") == 1
+    assert scoring.component_weight("acoustic") == 2
+    with pytest.raises(RuntimeError), acc.scoring_variant("v1"):
+        assert scoring.spectral_vector(logmel).shape == (2 * 128 // scoring.SPECTRAL_BAND,)
+        raise RuntimeError("a failing method")
+    assert scoring.spectral_vector(logmel).shape == dim
