@@ -26,9 +26,10 @@ USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP
 def keep_freed_memory() -> bool:
     """Fix glibc's mmap and trim thresholds for this process; returns whether they were set.
 
-    Does nothing with ``MTAD_MALLOC=default``, where the user set them (``MALLOC_*_`` variables,
-    ``GLIBC_TUNABLES`` ``glibc.malloc.*``), or where the C library is not glibc (musl's
-    ``mallopt`` is a no-op). Every mtad command calls it first.
+    Does nothing with ``MTAD_MALLOC=default``, where the user set them (``MALLOC_MMAP_THRESHOLD_``,
+    ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``, or ``glibc.malloc.*`` in ``GLIBC_TUNABLES``),
+    or where the C library is not glibc (musl's ``mallopt`` is a no-op). On 32-bit glibc the mmap
+    threshold is refused (too large) and the result is False. Every mtad command calls it first.
     """
     if os.environ.get("MTAD_MALLOC") == "default":
         return False
@@ -41,4 +42,6 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    trim = mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    mmap = mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)  # refused above 512 KB on 32-bit glibc (armhf)
+    return bool(trim and mmap)

@@ -201,11 +201,13 @@ def reference_clips(bundle: Bundle, machine: str, clips: list[np.ndarray], min_s
     n = min(min(len(c) for c in clips), max(min_samples + 8 * 512, int(REFERENCE_SECONDS * 16000)))
     audio = np.stack([np.round(np.clip(c[:n], -1, 1) * 32767).astype(np.int16) for c in clips[:REFERENCE_CLIPS]])
     keys = [f"enrolled:{machine}:{i}" for i in range(len(audio))]
-    scores = {}
-    for name, v in bundle.variants.items():
-        if v.kind == "onnx":
-            scorer = EdgeScorer(bundle, bundle.onnx_runner(v.precision, "CPUExecutionProvider"))
-            scores[name] = [float(scorer.score_audio(a.astype(np.float32) / 32768.0, machine).score) for a in audio]
+    score_all = lambda runner: [float(EdgeScorer(bundle, runner).score_audio(a.astype(np.float32) / 32768.0, machine).score)  # noqa: E731
+                                for a in audio]
+    onnx = {name: v for name, v in bundle.variants.items() if v.kind == "onnx"}
+    if not bundle.stats.needs_model:  # no model runs: every variant gives the same scores
+        same = score_all(NoModelRunner())
+        return {"audio": audio, "keys": keys, "machine": machine, "scores": {name: same for name in onnx}}
+    scores = {name: score_all(bundle.onnx_runner(v.precision, "CPUExecutionProvider")) for name, v in onnx.items()}
     return {"audio": audio, "keys": keys, "machine": machine, "scores": scores}
 
 

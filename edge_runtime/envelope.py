@@ -26,6 +26,7 @@ ENVELOPE_FRAME_RATE = SAMPLE_RATE / ENVELOPE_HOP  # 125 level samples per second
 ENVELOPE_BAND_EDGES_HZ = tuple(float(f) for f in np.geomspace(150.0, 7200.0, 13))
 ENVELOPE_MODULATION_EDGES_HZ = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, ENVELOPE_FRAME_RATE / 2)
 MIN_ENVELOPE_FRAMES = 16
+MODULATION_BLOCK = 1 << 20  # levels transformed at once by modulation_power (8 MB as float64)
 _EPS = 1e-10
 
 
@@ -84,18 +85,21 @@ def modulation_power(levels, frame_rate: float, edges) -> np.ndarray:
     ``edges[i]..edges[i + 1]`` Hz: ``(bands, len(edges) - 1)``. A series too short to resolve a
     range gets no power there, not NaN.
 
-    ``levels`` may also be a list of consecutive ``(bands, t)`` chunks. Rows are transformed one
-    at a time, so an hour of levels needs a few MB beyond the levels themselves, not a float64
-    copy and spectrum of every band at once."""
+    ``levels`` may also be a list of consecutive ``(bands, t)`` chunks. Rows are transformed a
+    few at a time (``MODULATION_BLOCK`` numbers), so an hour of levels needs a few MB beyond the
+    levels themselves, not a float64 copy and spectrum of every band at once."""
     chunks = [levels] if isinstance(levels, np.ndarray) else list(levels)
     n_rows, n = chunks[0].shape[0], sum(c.shape[1] for c in chunks)
-    freqs = np.fft.rfftfreq(n, 1.0 / frame_rate)
-    ranges = [(freqs >= lo) & (freqs < hi) for lo, hi in zip(edges[:-1], edges[1:])]
-    out = np.zeros((n_rows, len(ranges)))
-    for i in range(n_rows):
-        x = np.concatenate([c[i] for c in chunks]).astype(np.float64)
-        power = np.abs(np.fft.rfft(x - x.mean())) ** 2 / n
-        out[i] = [power[sel].mean() if sel.any() else 0.0 for sel in ranges]
+    freqs = np.fft.rfftfreq(n, 1.0 / frame_rate)  # ascending: each range is one slice
+    bounds = [(int(np.searchsorted(freqs, lo)), int(np.searchsorted(freqs, hi))) for lo, hi in zip(edges[:-1], edges[1:])]
+    out = np.zeros((n_rows, len(bounds)))
+    step = max(1, MODULATION_BLOCK // n)
+    for r in range(0, n_rows, step):
+        x = np.concatenate([c[r : r + step] for c in chunks], axis=1).astype(np.float64)
+        power = np.abs(np.fft.rfft(x - x.mean(axis=1, keepdims=True), axis=1)) ** 2 / n
+        for j, (a, b) in enumerate(bounds):
+            if b > a:
+                out[r : r + step, j] = power[:, a:b].mean(axis=1)
     return out
 
 

@@ -164,7 +164,7 @@ class NoModelRunner:
     precision = "none"
 
     def infer(self, batch: np.ndarray):
-        raise BundleError("this bundle's scores use no model; nothing should run inference")
+        raise RuntimeError("NoModelRunner.infer called: a model-free bundle must not run inference (a bug, not bad input)")
 
     __call__ = infer
 

@@ -19,13 +19,18 @@ from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.errors import AudioError, BundleError, DatasetError
 from mtad.edge_runtime.parity import DEFAULT_SCORE_BUDGETS, Scored, compare
 from mtad.edge_runtime.pipeline import EdgeScorer
+from mtad.edge_runtime.runners import NoModelRunner
 
 from .data_sets import clip_digests, clip_set, describe, refuse_overlap
 from .reference_set import load_reference_set
 
 
 def bundle_runners(bundle: Bundle, log=print) -> dict:
-    """Every variant of the bundle with a runner, and the reasons for those that cannot run here."""
+    """Every variant of the bundle with a runner, and the reasons for those that cannot run here.
+    A model-free bundle has one scorer, whatever its variants: ``model-free``."""
+    if not bundle.stats.needs_model:
+        log("parity: the bundle's scores are model-free: one scorer, no model variants to compare")
+        return {"runners": {"model-free": NoModelRunner()}, "skipped": {}}
     runners, skipped = {}, {}
     for name, v in bundle.variants.items():
         try:
@@ -57,6 +62,12 @@ def bundle_runners(bundle: Bundle, log=print) -> dict:
     for name, why in skipped.items():
         log(f"parity: {name} skipped: {why}")
     return {"runners": runners, "skipped": skipped}
+
+
+def budget_precision(runner) -> str:
+    """The precision whose budgets judge ``runner``: its own, or FP32's (the tightest) for the
+    model-free scorer, which computes the same float64 statistics as the reference."""
+    return "fp32" if runner.precision == NoModelRunner.precision else runner.precision
 
 
 def _score_files(scorer: EdgeScorer, clips) -> list[Scored]:
@@ -133,7 +144,8 @@ def full_parity(run_dir: Path, bundle_dir: Path, data: Path, budgets: dict[str, 
     for name, runner in found["runners"].items():
         scorer = EdgeScorer(bundle, runner)
         scored[name] = _score_files(scorer, tqdm(clips, desc=f"parity {name}", unit="clip", disable=None if progress else True))
-        results[name] = compare(reference, scored[name], budgets[runner.precision], DEFAULT_SCORE_BUDGETS[runner.precision])
+        precision = budget_precision(runner)
+        results[name] = compare(reference, scored[name], budgets[precision], DEFAULT_SCORE_BUDGETS[precision])
     return results, found["skipped"], reference, scored
 
 
@@ -173,6 +185,6 @@ def device_parity(bundle_dir: Path, budgets: dict[str, float], log=print, on_set
         scored[name] = [Scored(k, m, lab, scorer.score_audio(a.astype(np.float32) / 32768.0, m).score, bundle.stats.threshold(m))
                         for k, m, lab, a in clips]
         # a few clips per machine: the dAUC budget is never tighter than one swapped pair
-        results[name] = compare(reference, scored[name], budgets[runner.precision], DEFAULT_SCORE_BUDGETS[runner.precision],
-                                size_adjusted=True)
+        precision = budget_precision(runner)
+        results[name] = compare(reference, scored[name], budgets[precision], DEFAULT_SCORE_BUDGETS[precision], size_adjusted=True)
     return results, found["skipped"], reference, scored

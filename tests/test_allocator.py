@@ -2,6 +2,7 @@
 faults per clip once the first clip has been scored (counted, not timed)."""
 
 import ctypes
+import os
 import subprocess
 import sys
 
@@ -20,6 +21,7 @@ def _is_glibc() -> bool:
 
 
 GLIBC = _is_glibc()
+GLIBC_64 = GLIBC and ctypes.sizeof(ctypes.c_void_p) == 8  # 32-bit glibc refuses the 32 MB mmap threshold
 
 # Minor page faults per clip of the device front end (log-mel + envelope of a 10 s clip read
 # with load_audio), in a fresh process, after one clip of warm-up.
@@ -39,21 +41,24 @@ print(applied, (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0) / 10)
 """
 
 
-def front_end_faults(wav, env=None) -> tuple[str, float]:
-    out = subprocess.run([sys.executable, "-c", PROBE, str(wav)], capture_output=True, text=True, check=True, env=env).stdout.split()
+def front_end_faults(wav, **env) -> tuple[str, float]:
+    """(applied, faults per clip) of PROBE, with the user's allocator settings removed from the environment."""
+    clean = {k: v for k, v in os.environ.items() if k not in ("MTAD_MALLOC", "GLIBC_TUNABLES") and not k.startswith("MALLOC_")}
+    out = subprocess.run([sys.executable, "-c", PROBE, str(wav)], capture_output=True, text=True, check=True, env={**clean, **env}).stdout.split()
     return out[0], float(out[1])
 
 
-@pytest.mark.skipif(not GLIBC, reason="glibc only (mallopt)")
+@pytest.mark.skipif(not GLIBC_64, reason="64-bit glibc only (mallopt thresholds)")
 def test_front_end_reuses_its_memory_clip_after_clip(tmp_path):
     wav = tmp_path / "clip.wav"
     sf.write(wav, (0.1 * np.random.default_rng(0).standard_normal(160000)).astype(np.float32), 16000)
     applied, faults = front_end_faults(wav)
-    # Without the fixed thresholds: ~2437 faults per clip (the buffers returned to the OS and
-    # faulted in again, 4 KB at a time; README, "Speed"). With them: 0.1 on a quiet machine, up
-    # to ~60 while the rest of the suite loads it (the kernel reclaims idle pages); 500 keeps a
-    # margin both ways.
-    assert applied == "True" and faults < 500
+    kept, default_faults = front_end_faults(wav, MTAD_MALLOC="default")
+    # glibc's defaults: ~2437 faults per clip (the buffers returned to the OS and faulted in
+    # again, 4 KB at a time; README, "Speed"). Fixed thresholds: 0.1 on a quiet machine, up to
+    # ~60 while the rest of the suite loads it (the kernel reclaims idle pages).
+    assert applied == "True" and kept == "False"
+    assert faults < 500 and default_faults > 10 * max(faults, 1.0)
 
 
 def test_user_settings_win(monkeypatch):
@@ -66,4 +71,4 @@ def test_user_settings_win(monkeypatch):
     monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")
     assert keep_freed_memory() is False
     monkeypatch.delenv("GLIBC_TUNABLES")
-    assert keep_freed_memory() is GLIBC
+    assert keep_freed_memory() is GLIBC_64

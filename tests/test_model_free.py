@@ -87,20 +87,36 @@ def test_edge_cli_and_bench_report_no_backend_and_load_no_torch(model_free, tiny
     assert len(rows) == 1, res.stdout
 
 
-def test_model_free_enrollment_runs_no_model(model_free, tiny_synth, tmp_path, monkeypatch):
+def test_model_free_enrollment_loads_neither_torch_nor_onnxruntime(model_free, tiny_synth, tmp_path):
     import shutil
 
-    import mtad.edge_runtime.enroll as enroll
-
-    monkeypatch.setattr(enroll, "clip_outputs", _Refuses().infer)
     bundle_dir = tmp_path / "b"
     shutil.copytree(model_free[1], bundle_dir)
     train = sorted((tiny_synth / "fan" / "train").glob("normal_id_00_*.wav"))  # 8 clips of 3 s -> 16 of 1.5 s
-    res = CliRunner().invoke(edge_main, ["enroll", "--bundle", str(bundle_dir), "--machine", "fan/id_99",
-                                         "--seconds-per-clip", "1.5", *map(str, train)])
-    assert res.exit_code == 0, res.output
+    res = run_blocked(
+        "import sys\nsys.modules['onnxruntime'] = None\nfrom mtad.edge_runtime.cli import main\n"
+        f"try:\n    main(['enroll', '--bundle', {str(bundle_dir)!r}, '--machine', 'fan/id_99', '--seconds-per-clip', '1.5', "
+        f"*{[str(p) for p in train]!r}])\n"
+        "except SystemExit as e:\n    assert not e.code, e.code\n"
+    )
+    assert res.returncode == 0, res.stderr
     bundle = load_bundle(bundle_dir)
     assert "fan/id_99" in bundle.stats.enrolled and not bundle.stats.needs_model
     clip = sorted((tiny_synth / "fan" / "test").glob("*id_00*.wav"))[0]
     r = EdgeScorer(bundle, _Refuses()).score_file(clip, "fan/id_99")
     assert np.isfinite(r.score) and r.inference_ms == 0
+    # the enrolled reference clips carry one set of scores, under every ONNX variant's name
+    ref = bundle.manifest["reference_enrolled"]["scores"]
+    assert set(ref) == {n for n, v in bundle.variants.items() if v.kind == "onnx"} and len({tuple(v) for v in ref.values()}) == 1
+
+
+def test_parity_of_a_model_free_bundle_is_one_exact_scorer(model_free, tiny_synth):
+    from mtad.export.parity import full_parity
+
+    run_dir, bundle_dir = model_free
+    results, skipped, reference, scored = full_parity(run_dir, bundle_dir, tiny_synth, {"fp32": 0.001, "fp16": 0.005, "int8": 0.01},
+                                                      progress=False, log=lambda m: None)
+    assert list(results) == ["model-free"] and not skipped
+    res = results["model-free"]
+    assert res["max_abs_dauc"] == 0 and not res["over_budget"] and not res["score_over_budget"] and res["n_missing"] == 0
+    assert res["max_rel_error"] < 1e-6 and res["decision_agreement"] == 1.0

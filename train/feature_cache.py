@@ -171,7 +171,7 @@ def _worker_init(out: str, header_size: int, cfg: FeatureConfig) -> None:
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     _WORKER["blas"] = _single_threaded_blas()
-    keep_freed_memory()  # spawned workers start with glibc's defaults
+    keep_freed_memory()  # also when the caller is library code that never set it (a benchmark, a notebook)
     _WORKER.update(out=open(out, "r+b"), header_size=header_size, cfg=cfg)
 
 
