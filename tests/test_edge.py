@@ -13,7 +13,7 @@ from mtad.edge_runtime.pipeline import EdgeScorer
 from mtad.train.evaluate import load_run, score_split
 
 from .conftest import shared_data
-from .test_imports import run_blocked
+from .test_imports import run_edge_blocked
 
 
 def json_lines(text):
@@ -34,12 +34,7 @@ def test_one_json_line_per_real_mimii_clip(tiny_bundle):
 
 def test_whole_file_pipeline_runs_with_torch_blocked(tiny_bundle, tiny_synth):
     clip = sorted((tiny_synth / "fan" / "test").glob("*.wav"))[0]
-    res = run_blocked(
-        "import sys\nfrom mtad.edge_runtime.cli import main\n"
-        f"try:\n    main(['--bundle', {str(tiny_bundle)!r}, '--precision', 'int8', {str(clip)!r}])\n"
-        "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "assert 'torch' not in sys.modules\nprint('no torch')\n"
-    )
+    res = run_edge_blocked(["--bundle", tiny_bundle, "--precision", "int8", clip], after="assert 'torch' not in sys.modules\nprint('no torch')\n")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.splitlines()[0])["precision"] == "int8" and res.stdout.strip().endswith("no torch")
 

@@ -21,6 +21,13 @@ def run_blocked(code: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 
 
+def run_edge_blocked(args, before: str = "", after: str = "") -> subprocess.CompletedProcess:
+    """``mtad-edge ARGS`` in a process where torch cannot load; a non-zero exit fails the process.
+    ``before``/``after``: code run around it (e.g. block another module, check sys.modules)."""
+    return run_blocked("import sys\n" + before + "from mtad.edge_runtime.cli import main\n"
+                       f"try:\n    main({[str(a) for a in args]!r})\nexcept SystemExit as e:\n    assert not e.code, e.code\n" + after)
+
+
 def test_edge_runtime_imports_without_torch():
     res = run_blocked(
         """

@@ -14,7 +14,7 @@ from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.pipeline import EdgeScorer, choose_runner
 from mtad.edge_runtime.runners import NoModelRunner
 
-from .test_imports import run_blocked
+from .test_imports import run_edge_blocked
 
 
 class _Refuses:
@@ -72,12 +72,8 @@ def test_model_free_blocks_give_the_whole_file_score(model_free, tiny_synth, tmp
 def test_edge_cli_and_bench_report_no_backend_and_load_no_torch(model_free, tiny_synth):
     bundle_dir = model_free[1]
     clip = sorted((tiny_synth / "fan" / "test").glob("*.wav"))[0]
-    res = run_blocked(
-        "import sys\nfrom mtad.edge_runtime.cli import main\n"
-        f"try:\n    main(['--bundle', {str(bundle_dir)!r}, '--backend', 'onnxruntime', {str(clip)!r}])\n"
-        "except SystemExit as e:\n    assert not e.code, e.code\n"
-        "assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n"
-    )
+    res = run_edge_blocked(["--bundle", bundle_dir, "--backend", "onnxruntime", clip],
+                           after="assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules\n")
     assert res.returncode == 0, res.stderr
     rec = json.loads(res.stdout.splitlines()[0])
     assert rec["backend"] == "none" and np.isfinite(rec["score"]) and "model-free" in res.stderr
@@ -93,12 +89,8 @@ def test_model_free_enrollment_loads_neither_torch_nor_onnxruntime(model_free, t
     bundle_dir = tmp_path / "b"
     shutil.copytree(model_free[1], bundle_dir)
     train = sorted((tiny_synth / "fan" / "train").glob("normal_id_00_*.wav"))  # 8 clips of 3 s -> 16 of 1.5 s
-    res = run_blocked(
-        "import sys\nsys.modules['onnxruntime'] = None\nfrom mtad.edge_runtime.cli import main\n"
-        f"try:\n    main(['enroll', '--bundle', {str(bundle_dir)!r}, '--machine', 'fan/id_99', '--seconds-per-clip', '1.5', "
-        f"*{[str(p) for p in train]!r}])\n"
-        "except SystemExit as e:\n    assert not e.code, e.code\n"
-    )
+    res = run_edge_blocked(["enroll", "--bundle", bundle_dir, "--machine", "fan/id_99", "--seconds-per-clip", "1.5", *train],
+                           before="sys.modules['onnxruntime'] = None\n")
     assert res.returncode == 0, res.stderr
     bundle = load_bundle(bundle_dir)
     assert "fan/id_99" in bundle.stats.enrolled and not bundle.stats.needs_model
