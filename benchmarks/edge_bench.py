@@ -28,7 +28,8 @@ def main() -> None:
     bundle = load_bundle(args.bundle)
     parsed = parse_machine_from_path(args.clip)
     machine = "/".join(parsed) if parsed and "/".join(parsed) in bundle.class_map else bundle.class_map[0]
-    torch_row = [("mtad.train.bench_worker", "pytorch", "fp32", str(args.run))]
+    # a model-free bundle runs no model: a PyTorch row would time the same statistics again
+    torch_row = [("mtad.train.bench_worker", "pytorch", "fp32", str(args.run))] if bundle.stats.needs_model else []
     results = run_bench(args.bundle, args.clip, machine, args.repeats, args.threads, torch_row, log=lambda m: print(m, file=sys.stderr))
     print(format_results(results, machine_description() + f", {args.threads} thread(s)"))
     if args.json:
