@@ -32,6 +32,7 @@ from .envelope import envelope_vector
 from .errors import AudioError, BundleError, ConfigError
 from .features import LogMelExtractor
 from .hashing import sha256_file
+from .pipeline import EdgeScorer, model_outputs
 from .runners import NoModelRunner
 from .scoring import (
     MIN_CALIBRATION_CLIPS,
@@ -42,7 +43,6 @@ from .scoring import (
     mahalanobis,
     prediction_threshold,
 )
-from .windows import clip_outputs
 
 SEGMENT_SECONDS = 10.0  # enrollment audio is cut into clips of this length
 CLIPPED_LEVEL = 0.999  # |sample| at or above this counts as clipped (full scale is 1.0)
@@ -89,10 +89,7 @@ def check_enrollment_audio(audio: np.ndarray, name: str) -> None:
 
 def _evidence(bundle: Bundle, runner, extract: LogMelExtractor, machine_type: str, audio: np.ndarray) -> ClipEvidence:
     logmel = extract(audio)
-    residual = logits = embedding = None
-    if bundle.stats.needs_model:
-        x = bundle.stats.type_stats(machine_type).norm.apply(logmel)
-        residual, logits, embedding = clip_outputs(x, runner.infer, bundle.window, bundle.warmup)
+    residual, logits, embedding = model_outputs(bundle, logmel, machine_type, runner.infer)
     envelope = envelope_vector(audio) if bundle.stats.needs_envelope else None
     return ClipEvidence(residual, logits, logmel, embedding, envelope=envelope)
 
@@ -196,8 +193,6 @@ def _enroll(bundle_dir, machine, paths, segment_seconds, log) -> EnrollResult:
 def reference_clips(bundle: Bundle, machine: str, clips: list[np.ndarray], min_samples: int) -> dict:
     """A few of the enrollment clips (cut short, int16) and their scores by every ONNX variant of
     the enrolled bundle, recorded now: ``mtad-parity --bundle`` checks later runs against them."""
-    from .pipeline import EdgeScorer
-
     n = min(min(len(c) for c in clips), max(min_samples + 8 * 512, int(REFERENCE_SECONDS * 16000)))
     audio = np.stack([np.round(np.clip(c[:n], -1, 1) * 32767).astype(np.int16) for c in clips[:REFERENCE_CLIPS]])
     keys = [f"enrolled:{machine}:{i}" for i in range(len(audio))]

@@ -28,6 +28,15 @@ def min_window_seconds(bundle: Bundle) -> float:
     return (bundle.window - 1) * cfg.hop_length / cfg.sample_rate
 
 
+def model_outputs(bundle: Bundle, logmel: np.ndarray, machine_type: str, infer):
+    """The model's ``(residual, logits, embedding)`` for a clip's raw log-mel, or three Nones
+    for a bundle whose scores are model-free (``infer`` is then never called)."""
+    if not bundle.stats.needs_model:
+        return None, None, None
+    x = bundle.stats.type_stats(machine_type).norm.apply(logmel)
+    return clip_outputs(x, infer, bundle.window, bundle.warmup)
+
+
 @dataclass
 class ScoreResult:
     machine: str
@@ -82,10 +91,7 @@ class EdgeScorer:
             timing["inference"] = time.perf_counter() - s
             return out
 
-        residual = logits = embedding = None
-        if self.bundle.stats.needs_model:
-            x = self.bundle.stats.type_stats(machine.split("/")[0]).norm.apply(logmel)
-            residual, logits, embedding = clip_outputs(x, timed_infer, self.bundle.window, self.bundle.warmup)
+        residual, logits, embedding = model_outputs(self.bundle, logmel, machine.split("/")[0], timed_infer)
         t2 = time.perf_counter()
         parts = self.bundle.stats.score_parts(machine, ClipEvidence(residual, logits, logmel, embedding, envelope=envelope))
         threshold = self.bundle.stats.threshold(machine)
