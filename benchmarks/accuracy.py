@@ -52,7 +52,8 @@ VARIANTS = {
 }
 # (variant, label, scoring, components[, scoring variant]); the first row is the default.
 # Scoring variants: "v1" uses the previous spectral statistic (band mean and std only);
-# "equal" weighs every fusion component 1 (the default weighs `acoustic` 2).
+# "equal" weighs every fusion component 1 (the default weighs `acoustic` 2); "lw" estimates the
+# shared covariances by Ledoit-Wolf (the rule before factor analysis).
 METHODS = [
     ("multitask", "default: fusion recon+acoustic (weights 1:2)", "fusion", ("recon", "acoustic")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
@@ -61,7 +62,9 @@ METHODS = [
     ("multitask", "component envelope", "fusion", ("envelope",)),
     ("multitask", "component acoustic (spectral+envelope, one Gaussian; no model)", "fusion", ("acoustic",)),
     ("multitask", "fusion recon+acoustic, equal weights", "fusion", ("recon", "acoustic"), "equal"),
-    ("multitask", "fusion recon+spectral+envelope (previous default)", "fusion", ("recon", "spectral", "envelope")),
+    ("multitask", "fusion recon+acoustic, Ledoit-Wolf covariance (previous default)", "fusion", ("recon", "acoustic"), "lw"),
+    ("multitask", "component acoustic, Ledoit-Wolf covariance", "fusion", ("acoustic",), "lw"),
+    ("multitask", "fusion recon+spectral+envelope (default before acoustic)", "fusion", ("recon", "spectral", "envelope")),
     ("multitask", "fusion spectral+envelope (no model)", "fusion", ("spectral", "envelope")),
     ("multitask", "fusion recon+spectral (default before envelope)", "fusion", ("recon", "spectral")),
     ("multitask", "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
@@ -82,13 +85,14 @@ METHODS = [
     ("long", "40 epochs + early stopping: fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
-# Bump when a change alters how fusion rows of several components score (2: calibration std
-# pooled per type); a seed's cached rows of another revision are then recomputed, except single
-# scores, whose per-id AUC no per-id standardisation changes.
-CACHE_REVISION = 2
+# Bump when a change alters how rows score (2: calibration std pooled per type; 3: factor-analysis
+# covariances for the model-free statistics); a seed's cached rows of another revision are then
+# recomputed, except the baseline and single scores of the model's components, which neither
+# change touched (a per-id AUC does not depend on per-id standardisation).
+CACHE_REVISION = 3
 # Rows renamed since a seed's results were cached: new label -> label in older caches.
 RENAMED = {
-    "fusion recon+spectral+envelope (previous default)": "default: fusion recon+spectral+envelope",
+    "fusion recon+spectral+envelope (default before acoustic)": "fusion recon+spectral+envelope (previous default)",
     "fusion recon+spectral (default before envelope)": "fusion recon+spectral (previous default)",
 }
 
@@ -150,8 +154,11 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
         for mvariant, label, method, comps, *version in METHODS:
             if mvariant != variant or label in results:
                 continue
-            with scoring_variant(version[0] if version else None):
-                stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, method, comps, extra)
+            version = version[0] if version else None
+            covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
+            with scoring_variant(version):
+                stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, method, comps, extra,
+                                             covariance)
                 scores = score_outputs(stats, test_store.clips, test)
             results[label] = per_machine(scores)
     return results
@@ -262,7 +269,7 @@ def main() -> None:
         done = {k: {m: tuple(v) for m, v in d.items()} for k, d in cached.items()}
         done.update({new: done[old] for new, old in RENAMED.items() if new not in done and old in done})
         if revision != CACHE_REVISION:
-            single = {m[1] for m in METHODS if m[2] == "paper" or len(m[3]) == 1}
+            single = {m[1] for m in METHODS if m[2] == "paper" or (len(m[3]) == 1 and m[3][0] not in scoring.MODEL_FREE)}
             done = {k: v for k, v in done.items() if k == BASELINE or k in single}
         wanted = [m[1] for m in METHODS if m[0] in variants]
         if all(label in done for label in wanted) and BASELINE in done:

@@ -23,7 +23,7 @@ from .runners import OnnxRuntimeRunner, Precision
 from .scoring import ScoringStats
 
 FORMAT = "mtad-bundle"
-SCHEMA_VERSION = 5  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics; 4: envelope component; 5: acoustic component, weighted fusion, calibration std pooled per type
+SCHEMA_VERSION = 6  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics; 4: envelope component; 5: acoustic component, weighted fusion, calibration std pooled per type; 6: factor-analysis covariances, recorded in stats (covariance)
 MANIFEST = "manifest.yaml"
 
 

@@ -25,7 +25,7 @@ from .constants import PRECISIONS, TASKS, VARIANT_KINDS
 from .envelope import envelope_dim
 from .errors import BundleError
 from .hashing import sha256_bytes, sha256_file
-from .scoring import COMPONENTS, RECON_BAND, SCORINGS, n_bands, spectral_dim, uses_mse
+from .scoring import COMPONENTS, COVARIANCES, RECON_BAND, SCORINGS, n_bands, spectral_dim, uses_mse
 
 STATS = "stats.npz"
 ENGINE_DIGEST = "engine_sha256"  # the key file field that pins a device-built engine's bytes
@@ -75,6 +75,7 @@ class ScoringSection(_Section):
     method: Scoring
     components: list[Component] = []
     weights: list[Annotated[float, Field(gt=0)]] = []
+    covariance: Optional[StrictStr] = None
     false_alarm_rate: Annotated[float, Field(gt=0, lt=1)]
 
 
@@ -307,7 +308,10 @@ def check_stats_arrays(arrays: dict[str, np.ndarray], n_mels: int | None = None,
     if missing:
         fail("threshold_machines", f"no threshold for {missing[0]}")
 
-    known = {"task", "scoring", "components", "component_weights", "class_map", "enrolled", "false_alarm_rate", "threshold_machines", "threshold_values"}
+    if "covariance" in arrays and str(need("covariance", "U", 0)) not in COVARIANCES:
+        fail("covariance", f"{str(arrays['covariance'])!r} is not one of {', '.join(COVARIANCES)}")
+    known = {"task", "scoring", "components", "component_weights", "class_map", "enrolled", "false_alarm_rate", "threshold_machines",
+             "threshold_values", "covariance"}
     per_type = {"norm_mean": 1, "norm_std": 1, "recon_mean": 1, "recon_precision": 2, "final_mean": 1, "final_precision": 2}
     types: dict[str, set[str]] = {}
     tables: dict[str, dict[str, np.ndarray]] = {"centre": {}, "precision": {}, "calibration": {}}

@@ -257,6 +257,11 @@ def classification_score(logits: np.ndarray, class_index: int) -> float:
     return float(-log_softmax(logits)[:, class_index].mean())
 
 
+# How a distance component's covariance, shared by the ids of a type, is estimated at training
+# time (train/stats.py); the device only reads the stored precision.
+COVARIANCES = ("factor", "ledoit-wolf")
+
+
 @dataclass
 class ClipEvidence:
     """What one clip gives the scorer: the model's outputs and the raw (unnormalised) log-mel."""
@@ -304,6 +309,7 @@ class ScoringStats:
     precisions: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type" -> shared precision
     calibration: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> (mean, std) of log score
     enrolled: list[str] = field(default_factory=list)  # ids added on the device (mtad-edge enroll); no class
+    covariance: str = ""  # how the shared precisions were estimated (train.stats.COVARIANCES); provenance only
 
     @property
     def machines(self) -> list[str]:
@@ -437,6 +443,8 @@ class ScoringStats:
             "threshold_machines": np.array(sorted(self.thresholds)),
             "threshold_values": np.array([self.thresholds[m] for m in sorted(self.thresholds)], np.float64),
         }
+        if self.covariance:
+            arrays["covariance"] = np.array(self.covariance)
         for t, st in self.types.items():
             arrays[f"type/{t}/norm_mean"] = st.norm.mean
             arrays[f"type/{t}/norm_std"] = st.norm.std
@@ -487,6 +495,7 @@ class ScoringStats:
             precisions=tables["precision"],
             calibration=tables["calibration"],
             enrolled=[str(m) for m in np.asarray(arrays.get("enrolled", np.array([], str))).tolist()],
+            covariance=str(arrays["covariance"]) if "covariance" in arrays else "",
         )
 
     def save(self, path: Path) -> None:

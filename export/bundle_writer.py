@@ -53,6 +53,7 @@ def scoring_summary(run) -> dict:
         "method": run.stats.scoring,
         "components": list(run.stats.components),
         "weights": [float(w) for w in run.stats.fusion_weights],
+        "covariance": run.stats.covariance or None,
         "false_alarm_rate": float(run.stats.false_alarm_rate),
         "stats_holdout": None if held is None else held["stats_holdout"],
         "heldout_clips_per_machine": None if held is None else {m: len(v) for m, v in held["held_out"].items()},

@@ -61,3 +61,10 @@ def test_refit_and_compare(tiny_run, tiny_synth, tmp_path):
     assert res.exit_code == 1 and "held out 0.25" in res.output
     res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--scoring", "paper", "--quiet"])
     assert res.exit_code == 1 and "--refit" in res.output
+    # the covariance rule is selectable on refit and recorded with the statistics
+    assert b.covariance == "factor"
+    res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--refit", "--covariance", "ledoit-wolf", "--quiet"])
+    assert res.exit_code == 0, res.output
+    assert ScoringStats.load(run / "stats.npz").covariance == "ledoit-wolf"
+    res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--covariance", "factor", "--quiet"])
+    assert res.exit_code == 1 and "--refit" in res.output

@@ -19,7 +19,7 @@ from mtad.edge_runtime.scoring import (
     spectral_vector,
 )
 from mtad.train.evaluate import ClipScore, compute_metrics
-from mtad.train.stats import fit_scoring_stats, gamma_threshold, prediction_threshold
+from mtad.train.stats import CROSS_FIT_FOLDS, FACTORS, ROWS_PER_FACTOR, fit_scoring_stats, heldout_distances, shared_gaussian, gamma_threshold, prediction_threshold, within_id_precision
 
 
 def test_mahalanobis_agrees_with_scipy(rng):
@@ -264,7 +264,9 @@ def test_spectral_vector_sees_what_mean_and_std_miss(rng):
 
 def test_acoustic_dilutes_a_fault_in_one_statistic_less_than_the_mean_of_two_scores():
     """A fault that moves the spectral statistic and not the envelope: one joint distance keeps
-    more of it than the mean of the two standardised scores (the default's reason for it)."""
+    more of it than the mean of the two standardised scores (the default's reason for it). The
+    combination rule is the subject, so the covariance is Ledoit-Wolf's throughout: on these
+    isotropic noise features the factor model's 16 spurious factors would blur the comparison."""
     rng = np.random.default_rng(3)
     norm = Normalization(np.zeros(32, np.float32), np.ones(32, np.float32))
 
@@ -279,7 +281,92 @@ def test_acoustic_dilutes_a_fault_in_one_statistic_less_than_the_mean_of_two_sco
     y = np.r_[np.zeros(len(normal)), np.ones(len(faulty))]
     auc = {}
     for comps in (("spectral",), ("spectral", "envelope"), ("acoustic",)):
-        stats, _ = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=comps)
+        stats, _ = fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=comps, covariance="ledoit-wolf")
         auc[comps] = roc_auc_score(y, [stats.score(m, ev) for m, ev in normal + faulty])
     assert auc[("spectral",)] > 0.8
     assert auc[("acoustic",)] > auc[("spectral",)] - 0.02 and auc[("acoustic",)] > auc[("spectral", "envelope")] + 0.08, auc
+
+
+def test_factor_covariance_beats_ledoit_wolf_on_few_clips_with_unequal_variances():
+    """120 within-id deviations in 244 dimensions (3 ids x 40 clips, the acoustic statistic), with
+    what clip statistics have: feature variances spread over two orders of magnitude, and a few
+    directions (background level and colour) shared by every feature. Ledoit-Wolf's small
+    shrinkage leaves the directions 120 rows do not span with almost no variance, and noise there
+    swamps a shift in the quiet features; the factor model comes near the true covariance.
+    Measured AUC: factor 0.845, Ledoit-Wolf 0.512, true covariance 0.882."""
+    rng = np.random.default_rng(0)
+    d, rank = 244, 8
+    scale = np.exp(rng.uniform(np.log(0.05), np.log(1.0), d))
+    loadings = rng.standard_normal((rank, d)) * 0.5
+
+    def draw(n):
+        return (rng.standard_normal((n, rank)) @ loadings + rng.standard_normal((n, d))) * scale
+
+    train = draw(120)
+    train -= train.mean(axis=0)
+    normal, faulty = draw(300), draw(300)
+    quiet = np.argsort(scale)[:40]
+    faulty[:, quiet] += scale[quiet]  # one noise standard deviation in the 40 quietest features
+    x, y = np.concatenate([normal, faulty]), np.r_[np.zeros(300), np.ones(300)]
+    true_precision = np.linalg.inv((loadings.T @ loadings + np.eye(d)) * np.outer(scale, scale))
+    auc = {"oracle": roc_auc_score(y, np.einsum("ij,jk,ik->i", x, true_precision, x))}
+    for cov in ("factor", "ledoit-wolf"):
+        precision, noise = within_id_precision(train, cov)
+        assert (noise is not None) == (cov == "factor")
+        auc[cov] = roc_auc_score(y, np.einsum("ij,jk,ik->i", x, precision, x))
+    assert auc["factor"] > 0.8 and auc["factor"] > auc["ledoit-wolf"] + 0.2 and auc["factor"] > auc["oracle"] - 0.06, auc
+
+
+def test_factor_covariance_falls_back_to_ledoit_wolf_on_too_few_rows_or_dimensions(rng):
+    few = rng.standard_normal((FACTORS * ROWS_PER_FACTOR - 1, 100))  # e.g. MIMII fan: 15 clips
+    narrow = rng.standard_normal((200, 2 * FACTORS))  # e.g. the 16 recon bands
+    for x in (few, narrow):
+        precision, noise = within_id_precision(x, "factor")
+        assert noise is None
+        np.testing.assert_allclose(precision, within_id_precision(x, "ledoit-wolf")[0])
+    with pytest.raises(ValueError, match="covariance must be one of"):
+        within_id_precision(narrow, "graphical-lasso")
+
+
+def test_covariance_rule_is_recorded_and_selectable(rng, tmp_path):
+    norm = Normalization(np.zeros(32, np.float32), np.ones(32, np.float32))
+    held = _evidence(rng, 40) + _evidence(rng, 40, "fan/id_02")
+    for _, ev in held:
+        ev.envelope = rng.standard_normal(envelope_dim())
+    fits = {cov: fit_scoring_stats("multitask", ["fan/id_00", "fan/id_02"], {"fan": norm}, held, components=("acoustic",), covariance=cov)[0]
+            for cov in ("factor", "ledoit-wolf")}
+    dev = np.concatenate([np.stack([np.concatenate([spectral_vector(ev.logmel), ev.envelope]) for mm, ev in held if mm == m])
+                          for m in ("fan/id_00", "fan/id_02")])
+    dev = dev.reshape(2, 40, -1) - dev.reshape(2, 40, -1).mean(axis=1, keepdims=True)
+    np.testing.assert_allclose(fits["ledoit-wolf"].precisions["acoustic|fan"], within_id_precision(dev.reshape(80, -1), "ledoit-wolf")[0])
+    assert not np.allclose(fits["factor"].precisions["acoustic|fan"], fits["ledoit-wolf"].precisions["acoustic|fan"])
+    fits["factor"].save(tmp_path / "s.npz")
+    assert ScoringStats.load(tmp_path / "s.npz").covariance == "factor"
+    arrays = dict(np.load(tmp_path / "s.npz"))
+    arrays["covariance"] = np.array("graphical-lasso")
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(BundleError, match="covariance: 'graphical-lasso' is not one of factor, ledoit-wolf"):
+        ScoringStats.load(tmp_path / "bad.npz")
+
+
+def test_heldout_distances_leave_one_out_then_cross_fit_beyond_the_fold_count(rng):
+    """Up to CROSS_FIT_FOLDS held rows in a type each is scored by a fit without it; beyond, by a
+    fit without its fold. Either way a row never scores against a fit that saw it."""
+    def check(n_per_id):
+        vectors = {m: rng.standard_normal((n_per_id, 5)) + k for k, m in enumerate(("fan/id_00", "fan/id_02"))}
+        fixed = {"fan/id_00": rng.standard_normal((6, 5))}
+        out = heldout_distances(vectors, fixed, "ledoit-wolf")
+        rows = [(m, i) for m, v in vectors.items() for i in range(len(v))]
+        folds = min(len(rows), CROSS_FIT_FOLDS)
+        for j in (0, len(rows) - 1):  # the first and last row, recomputed by hand
+            m, i = rows[j]
+            drop = {mm: [ii for jj, (m2, ii) in enumerate(rows) if jj % folds == j % folds and m2 == mm] for mm in vectors}
+            assert i in drop[m] and sum(map(len, drop.values())) in ((1,) if len(rows) <= CROSS_FIT_FOLDS else (2, 3))
+            fit = {mm: np.concatenate([np.delete(v, drop[mm], axis=0), fixed.get(mm, v[:0])]) for mm, v in vectors.items()}
+            g = shared_gaussian(fit, "ledoit-wolf")
+            assert out[m][i] == pytest.approx(mahalanobis(vectors[m][i], g.centres[m], g.precision))
+        insample = shared_gaussian({m: np.concatenate([v, fixed.get(m, v[:0])]) for m, v in vectors.items()}, "ledoit-wolf")
+        inside = np.concatenate([[mahalanobis(x, insample.centres[m], insample.precision) for x in v] for m, v in vectors.items()])
+        assert np.mean(np.concatenate(list(out.values()))) > np.mean(inside)  # out of sample: farther than in-sample
+    check(10)  # 20 rows: leave one out
+    check(40)  # 80 rows: 32 folds of 2-3 rows

@@ -9,7 +9,7 @@ import click
 from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.cli_common import report_errors
 
-from mtad.edge_runtime.scoring import COMPONENTS, DEFAULT_COMPONENTS, SCORINGS
+from mtad.edge_runtime.scoring import COMPONENTS, COVARIANCES, DEFAULT_COMPONENTS, SCORINGS
 
 from .config import PRESETS, TASKS
 
@@ -26,6 +26,8 @@ from .config import PRESETS, TASKS
 @click.option("--stats-holdout", type=float, help="Fraction of each id's training normals kept out of training for scoring statistics (default 0.25; 0 = in-sample, warned).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="fusion (default: per-id, calibrated) or paper (2-D Mahalanobis per type).")
 @click.option("--components", help=f"Fusion components, comma-separated subset of {','.join(COMPONENTS)} (default {','.join(DEFAULT_COMPONENTS)}).")
+@click.option("--covariance", type=click.Choice(COVARIANCES),
+              help="Shared covariance of the distance scores: factor (default: factor analysis, 16 factors) or ledoit-wolf (the previous rule).")
 @click.option("--early-stopping", type=int, metavar="PATIENCE",
               help="Stop when the held-out normals' loss has not improved for PATIENCE epochs and keep the best epoch's weights (0 = off).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -37,7 +39,7 @@ from .config import PRESETS, TASKS
 @click.option("--nproc", type=int, help="Train on this many processes of this node (one per GPU): launches torchrun.")
 @click.option("--timeout", type=float, default=1800, show_default=True, help="Seconds a rank waits for the others before every rank stops with an error.")
 @report_errors
-def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, scoring, components, early_stopping, resume, quiet,
+def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdout, scoring, components, covariance, early_stopping, resume, quiet,
          workers, loader_workers, channels_last, compile_, nproc, timeout):
     """Train on the normal clips of DATA's train split; write checkpoint, config, log and statistics to OUT.
 
@@ -58,7 +60,7 @@ def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdo
     from .trainer import train_run
 
     cfg = load_config(preset, config_path, epochs=epochs, task=task, device=device, seed=seed, stats_holdout=stats_holdout,
-                      scoring=scoring, components=components, early_stopping=early_stopping)
+                      scoring=scoring, components=components, covariance=covariance, early_stopping=early_stopping)
     result = train_run(data, out, cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True), workers=workers,
                        loader_workers=loader_workers, channels_last=channels_last, compile=compile_, timeout=timeout)
     if result.stats is None:  # a rank other than 0 under torchrun: rank 0 reports

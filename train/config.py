@@ -10,7 +10,7 @@ import yaml
 from mtad.edge_runtime.atomic import atomic_write
 from mtad.edge_runtime.constants import TASKS
 from mtad.edge_runtime.errors import ConfigError
-from mtad.edge_runtime.scoring import COMPONENTS, DEFAULT_COMPONENTS, SCORINGS, task_components
+from mtad.edge_runtime.scoring import COMPONENTS, COVARIANCES, DEFAULT_COMPONENTS, SCORINGS, task_components
 
 from .model import ModelConfig
 
@@ -38,6 +38,7 @@ class TrainConfig:
     components: tuple[str, ...] = DEFAULT_COMPONENTS  # fusion components (scoring.COMPONENTS)
     pseudo_anomalies: float = 0.0  # fraction of each batch added again, perturbed, as extra classes (train/pseudo_anomalies.py)
     early_stopping: int = 0  # patience in epochs on the held-out normals' loss (0 = off: train all epochs)
+    covariance: str = "factor"  # shared covariance of the distance components: factor analysis, or "ledoit-wolf" (train/stats.py)
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -54,6 +55,8 @@ class TrainConfig:
             raise ConfigError(f"weight_decay must be >= 0 and lr_schedule one of {', '.join(LR_SCHEDULES)}")
         if self.scoring not in SCORINGS:
             raise ConfigError(f"scoring must be one of {', '.join(SCORINGS)}, got {self.scoring!r}")
+        if self.covariance not in COVARIANCES:
+            raise ConfigError(f"covariance must be one of {', '.join(COVARIANCES)}, got {self.covariance!r}")
         unknown = [c for c in self.components if c not in COMPONENTS]
         if unknown or not self.components:
             raise ConfigError(f"components must be a non-empty subset of {', '.join(COMPONENTS)}, got {', '.join(self.components) or 'none'}")

@@ -9,7 +9,7 @@ import click
 from mtad.edge_runtime.allocator import keep_freed_memory
 from mtad.edge_runtime.cli_common import parse_csv, report_errors
 from mtad.edge_runtime.errors import ConfigError
-from mtad.edge_runtime.scoring import COMPONENTS, SCORINGS
+from mtad.edge_runtime.scoring import COMPONENTS, COVARIANCES, SCORINGS
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,22 +22,23 @@ from mtad.edge_runtime.scoring import COMPONENTS, SCORINGS
 @click.option("--stats-holdout", type=float, help="With --refit: 0 fits in-sample on every training normal (default: the run's own held-out split).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="With --refit: fusion (default) or paper (the paper's 2-D Mahalanobis).")
 @click.option("--components", help=f"With --refit and fusion: comma-separated subset of {','.join(COMPONENTS)}.")
+@click.option("--covariance", type=click.Choice(COVARIANCES), help="With --refit: how the shared covariances are estimated (default: the run's).")
 @click.option("--baseline", is_flag=True, help="Also score DATA with the simple baseline (per-id log-mel mean/std statistics) and compare.")
 @click.option("--quiet", is_flag=True)
 @report_errors
-def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, scoring, components, baseline, quiet):
+def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, scoring, components, covariance, baseline, quiet):
     """Score DATA's test clips with RUN and report AUC/pAUC (DCASE2020 definitions)."""
     keep_freed_memory()
     from mtad.edge_runtime.dataset import scan_dataset
 
     from .evaluate import compute_metrics, format_comparison, format_tables, load_run, refit_stats, score_split, write_json, write_plots
 
-    if (scoring or components or stats_holdout is not None) and not refit:
-        raise ConfigError("--scoring, --components and --stats-holdout change the fitted statistics: pass --refit with them")
+    if (scoring or components or covariance or stats_holdout is not None) and not refit:
+        raise ConfigError("--scoring, --components, --covariance and --stats-holdout change the fitted statistics: pass --refit with them")
     run = load_run(run_dir, require_stats=not refit)
     if refit:
         comps = tuple(parse_csv(components)) if components else None
-        refit_stats(run, data, stats_holdout, scoring, comps, progress=not quiet, log=lambda m: click.echo(m, err=True))
+        refit_stats(run, data, stats_holdout, scoring, comps, progress=not quiet, log=lambda m: click.echo(m, err=True), covariance=covariance)
         click.echo(f"refitted scoring statistics and thresholds -> {Path(run_dir) / 'stats.npz'}", err=True)
     index = scan_dataset(data)
     scores, failed = score_split(run, index, progress=not quiet)

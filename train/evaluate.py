@@ -77,7 +77,7 @@ class ClipScore:
 
 
 def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, scoring: str | None = None,
-                components: tuple[str, ...] | None = None, progress: bool = True, log=print) -> ScoringStats:
+                components: tuple[str, ...] | None = None, progress: bool = True, log=print, covariance: str | None = None) -> ScoringStats:
     """Refit the scoring statistics and thresholds on DATA's training normals and save them.
 
     By default the run's own held-out split is used again (same fraction and seed, so the
@@ -93,7 +93,7 @@ def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, 
         raise ConfigError(f"--stats-holdout {holdout}: this run held out {tcfg.stats_holdout} of the training normals; "
                           f"another fraction would fit statistics on clips the model trained on (0 does so explicitly)")
     tcfg = replace(tcfg, stats_holdout=tcfg.stats_holdout if holdout is None else holdout,
-                   scoring=scoring or tcfg.scoring, components=tuple(components or tcfg.components))
+                   scoring=scoring or tcfg.scoring, components=tuple(components or tcfg.components), covariance=covariance or tcfg.covariance)
     index = scan_dataset(data)
     store = load_features(index.select("train", label=0), progress=progress)
     train_idx, stats_idx = split_holdout(store, tcfg.stats_holdout, tcfg.seed)

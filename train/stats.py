@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import stats as sstats
 from sklearn.covariance import LedoitWolf
+from sklearn.decomposition import FactorAnalysis
+from sklearn.exceptions import ConvergenceWarning
 
 from mtad.edge_runtime.errors import DatasetError
 from mtad.edge_runtime.features import Normalization
 from mtad.edge_runtime.scoring import (
+    COVARIANCES,
     DEFAULT_COMPONENTS,
     MIN_CALIBRATION_CLIPS,
     MODEL_FREE,
@@ -36,16 +41,57 @@ def shrunk_precision(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lw.location_, lw.precision_
 
 
-def shared_gaussian(vectors: dict[str, np.ndarray]) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Per-id centres and one Ledoit-Wolf precision shared by the ids (within-id scatter).
+FACTORS = 16  # rank of the factor-analysis covariance (low rank plus a diagonal)
+ROWS_PER_FACTOR = 4  # fewer within-id deviations than FACTORS * this: Ledoit-Wolf instead
+CROSS_FIT_FOLDS = 32  # more held-out clips in a type than this: cross-fitting in this many folds, not leave-one-out
 
-    ``vectors`` maps machine -> rows ``(n_i, d)``; every id needs >= 1 row, all together >= 2.
+
+@dataclass
+class SharedGaussian:
+    """Per-id centres and one precision shared by the ids of a type (their within-id scatter)."""
+
+    centres: dict[str, np.ndarray]
+    precision: np.ndarray
+    noise_variance: np.ndarray | None = None  # the factor model's diagonal; starts refits without one row
+
+
+def within_id_precision(deviations: np.ndarray, covariance: str = "factor",
+                        warm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """Precision of within-id deviations ``(n, d)``, and the factor model's noise variances (or None).
+
+    ``factor``: a factor-analysis covariance, ``FACTORS`` shared directions plus one variance per
+    feature, where there are at least ``FACTORS * ROWS_PER_FACTOR`` rows and more than
+    ``2 * FACTORS`` features; otherwise, and for ``ledoit-wolf``, Ledoit-Wolf shrinkage toward a
+    scaled identity. The clip statistics have a few strong shared directions (background level
+    and colour move every band together) and many weak, mostly spurious correlations. A shrinkage
+    treats them all alike: with 120 rows in 244 dimensions Ledoit-Wolf picks an intensity near
+    0.02, which keeps the spurious correlations and leaves the directions the rows do not span
+    with almost no variance, so noise there dominates the distance. The factor model keeps the
+    strong directions whole and gives every feature its own residual variance. ``warm``: noise
+    variances of a fit on nearly the same rows, to start from (leave-one-out refits).
+    """
+    n, d = deviations.shape
+    if n < 2:
+        raise ValueError("need at least 2 clips to fit a covariance")
+    if covariance not in COVARIANCES:
+        raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {covariance!r}")
+    if covariance == "factor" and n >= FACTORS * ROWS_PER_FACTOR and d > 2 * FACTORS:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)  # tol 1e-2 on the log-likelihood; a few more iterations change nothing
+            fa = FactorAnalysis(FACTORS, svd_method="lapack", noise_variance_init=warm).fit(deviations)
+        return fa.get_precision(), fa.noise_variance_
+    return LedoitWolf(assume_centered=True).fit(deviations).precision_, None
+
+
+def shared_gaussian(vectors: dict[str, np.ndarray], covariance: str = "factor", warm: np.ndarray | None = None) -> SharedGaussian:
+    """Per-id centres and one precision shared by the ids (:func:`within_id_precision` of the
+    within-id scatter). ``vectors`` maps machine -> rows ``(n_i, d)``; every id needs >= 1 row,
+    all together >= 2.
     """
     centres = {m: v.mean(axis=0) for m, v in vectors.items()}
     deviations = np.concatenate([v - centres[m] for m, v in vectors.items()])
-    if deviations.shape[0] < 2:
-        raise ValueError("need at least 2 clips to fit a covariance")
-    return centres, LedoitWolf(assume_centered=True).fit(deviations).precision_
+    precision, noise = within_id_precision(deviations, covariance, warm)
+    return SharedGaussian(centres, precision, noise)
 
 
 def gamma_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
@@ -57,19 +103,26 @@ def gamma_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
     return float(sstats.gamma.ppf(1 - false_alarm_rate, shape, loc=loc, scale=scale))
 
 
-def _loo_distances(vectors: dict[str, np.ndarray], held: dict[str, list[int]], fixed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Distance of each held row to a shared Gaussian fitted without that row (leave one out).
+def heldout_distances(vectors: dict[str, np.ndarray], fixed: dict[str, np.ndarray], covariance: str = "factor",
+                      warm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Distance of each held row to a shared Gaussian fitted without it, so that it is the
+    distance of an unseen normal: leave one out, or with more than ``CROSS_FIT_FOLDS`` held rows
+    in the type, that many folds (each row scored by the fit without its fold), because a factor
+    model refitted once per clip of a DCASE-size set would take hours.
 
-    ``vectors[m]`` are the held rows of id m; ``fixed[m]`` extra rows always in the fit.
+    ``vectors[m]`` are the held rows of id m; ``fixed[m]`` extra rows always in the fit; ``warm``:
+    the full fit's noise variances, where a factor model starts each refit.
     """
-    out: dict[str, np.ndarray] = {}
-    for m in vectors:
-        dists = []
-        for i in held[m]:
-            fit = {k: np.concatenate([np.delete(v, i, axis=0) if k == m else v, fixed.get(k, v[:0])]) for k, v in vectors.items()}
-            centres, precision = shared_gaussian(fit)
-            dists.append(mahalanobis(vectors[m][i], centres[m], precision))
-        out[m] = np.array(dists)
+    rows = [(m, i) for m, v in vectors.items() for i in range(len(v))]
+    folds = min(len(rows), CROSS_FIT_FOLDS)  # consecutive rows fall in different folds: no id loses all its rows at once
+    out = {m: np.empty(len(v)) for m, v in vectors.items()}
+    for f in range(folds):
+        left_out = {m: [i for j, (mm, i) in enumerate(rows) if j % folds == f and mm == m] for m in vectors}
+        fit = {m: np.concatenate([np.delete(v, left_out[m], axis=0), fixed.get(m, v[:0])]) for m, v in vectors.items()}
+        g = shared_gaussian(fit, covariance, warm)
+        for m, idx in left_out.items():
+            for i in idx:
+                out[m][i] = mahalanobis(vectors[m][i], g.centres[m], g.precision)
     return out
 
 
@@ -82,14 +135,16 @@ def fit_scoring_stats(
     scoring: str = "fusion",
     components: tuple[str, ...] = DEFAULT_COMPONENTS,
     extra_normals: list[tuple[str, ClipEvidence]] = (),
+    covariance: str = "factor",
 ) -> tuple[ScoringStats, dict[str, list[float]]]:
     """Fit statistics and thresholds from ``held``: ``(machine, evidence)`` of normals the model
     never trained on. ``extra_normals`` (``(machine, evidence)`` of the clips the model did train
     on, without model outputs) join the fit of the model-free components (``spectral``, ``envelope``,
     ``acoustic``) only.
 
-    Returns the stats and each machine's held-out final scores, computed out of sample
-    (leave-one-out), which set the thresholds.
+    ``covariance``: how the distance components' shared covariances are estimated
+    (:func:`within_id_precision`). Returns the stats and each machine's held-out final scores,
+    computed out of sample (:func:`heldout_distances`), which set the thresholds.
     """
     types = {t: TypeStats(norm=n) for t, n in norms.items()}
     if scoring == "paper":
@@ -99,7 +154,7 @@ def fit_scoring_stats(
     if bad or not components:
         raise DatasetError(f"score component(s) {', '.join(bad) or '(none)'} not available for a {task} model (choose from {', '.join(allowed)})")
     st = ScoringStats(task, class_map, types, false_alarm_rate=false_alarm_rate, scoring="fusion", components=tuple(components),
-                      weights=tuple(component_weight(c) for c in components))
+                      weights=tuple(component_weight(c) for c in components), covariance=covariance)
     by_machine: dict[str, list[ClipEvidence]] = defaultdict(list)
     for m, ev in held:
         by_machine[m].append(ev)
@@ -129,11 +184,11 @@ def fit_scoring_stats(
             vecs = {m: np.stack([st.component_vector(comp, ev) for ev in by_machine[m]]) for m in machines}
             fixed = {m: np.stack([st.component_vector(comp, ev) for ev in extra[m]]) for m in machines if comp in MODEL_FREE and extra[m]}
             full = {m: np.concatenate([vecs[m], fixed[m]]) if m in fixed else vecs[m] for m in machines}
-            centres, precision = shared_gaussian(full)
-            st.precisions[f"{comp}|{t}"] = precision
+            g = shared_gaussian(full, covariance)
+            st.precisions[f"{comp}|{t}"] = g.precision
             for m in machines:
-                st.centres[f"{comp}|{m}"] = centres[m]
-            raw[comp].update(_loo_distances(vecs, {m: range(len(vecs[m])) for m in machines}, fixed))
+                st.centres[f"{comp}|{m}"] = g.centres[m]
+            raw[comp].update(heldout_distances(vecs, fixed, covariance, g.noise_variance))
     for comp, per_machine in raw.items():
         if comp in ("class", "embed"):  # not distances under a shared covariance: per id
             st.calibration.update({f"{comp}|{m}": calibration_of(v) for m, v in per_machine.items()})

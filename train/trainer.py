@@ -189,7 +189,8 @@ def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: 
             "(in-sample); expect more false alarms than the target rate")
     held, extra = stats_inputs(runner, store, train_idx, stats_idx, norms, model_cfg, progress,
                                envelope=tcfg.scoring == "fusion" and needs_audio(tcfg.fusion_components))
-    stats, finals = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra)
+    stats, finals = fit_scoring_stats(tcfg.task, class_map, norms, held, tcfg.false_alarm_rate, tcfg.scoring, tcfg.fusion_components, extra,
+                                      tcfg.covariance)
     few = sorted(m for m, v in finals.items() if conformal_rank(len(v), tcfg.false_alarm_rate) is None)
     if few and tcfg.scoring != "paper":
         log(f"note: {len(few)} id(s) ({', '.join(few[:3])}{', ...' if len(few) > 3 else ''}) have too few held-out normals for a "
