@@ -132,7 +132,7 @@ def _check_stats_match(stats: ScoringStats, m, root: Path) -> None:
     """The statistics must describe the model the manifest describes."""
     pairs = [("class_map", stats.class_map, m.class_map), ("task", stats.task, m.task),
              ("scoring", stats.scoring, m.scoring.method), ("components", list(stats.components), list(m.scoring.components)),
-             ("enrolled", sorted(stats.enrolled), sorted(m.enrolled))]
+             ("enrolled", sorted(stats.enrolled), sorted(m.enrolled)), ("covariance", stats.covariance or None, m.scoring.covariance)]
     for name, in_stats, in_manifest in pairs:
         if in_stats != in_manifest:
             raise BundleError(f"{root}: {STATS}: {name} {in_stats!r} differs from the manifest's {in_manifest!r}")

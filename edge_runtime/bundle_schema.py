@@ -34,6 +34,7 @@ Precision = Literal[PRECISIONS]  # type: ignore[valid-type]
 Kind = Literal[VARIANT_KINDS]  # type: ignore[valid-type]
 Task = Literal[TASKS]  # type: ignore[valid-type]
 Scoring = Literal[SCORINGS]  # type: ignore[valid-type]
+Covariance = Literal[COVARIANCES]  # type: ignore[valid-type]
 Component = Literal[COMPONENTS]  # type: ignore[valid-type]
 
 
@@ -75,7 +76,7 @@ class ScoringSection(_Section):
     method: Scoring
     components: list[Component] = []
     weights: list[Annotated[float, Field(gt=0)]] = []
-    covariance: Optional[StrictStr] = None
+    covariance: Optional[Covariance] = None
     false_alarm_rate: Annotated[float, Field(gt=0, lt=1)]
 
 

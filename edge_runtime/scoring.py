@@ -309,7 +309,7 @@ class ScoringStats:
     precisions: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type" -> shared precision
     calibration: dict[str, np.ndarray] = field(default_factory=dict)  # "component|type/id" -> (mean, std) of log score
     enrolled: list[str] = field(default_factory=list)  # ids added on the device (mtad-edge enroll); no class
-    covariance: str = ""  # how the shared precisions were estimated (train.stats.COVARIANCES); provenance only
+    covariance: str = ""  # the rule asked for the shared precisions (COVARIANCES; small fits fall back to Ledoit-Wolf); provenance only
 
     @property
     def machines(self) -> list[str]:

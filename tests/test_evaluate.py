@@ -66,5 +66,7 @@ def test_refit_and_compare(tiny_run, tiny_synth, tmp_path):
     res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--refit", "--covariance", "ledoit-wolf", "--quiet"])
     assert res.exit_code == 0, res.output
     assert ScoringStats.load(run / "stats.npz").covariance == "ledoit-wolf"
+    res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--refit", "--quiet"])
+    assert res.exit_code == 0 and ScoringStats.load(run / "stats.npz").covariance == "ledoit-wolf"  # a plain refit keeps the rule
     res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--covariance", "factor", "--quiet"])
     assert res.exit_code == 1 and "--refit" in res.output

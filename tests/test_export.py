@@ -64,6 +64,8 @@ def test_manifest_is_self_describing(tiny_bundle):
     (lambda b: _edit(b, lambda m: m.update(schema_version=SCHEMA_VERSION - 1)), "older than this runtime supports.*re-export"),
     (lambda b: _edit(b, lambda m: m["feature_config"].update(n_fft=1024)), "feature settings differ.*n_fft 1024 != 2048"),
     (lambda b: (b / "stats.npz").unlink(), "stats.npz is listed in the manifest but missing"),
+    (lambda b: _edit(b, lambda m: m["scoring"].update(covariance="ledoit-wolf")), "covariance 'factor' differs from the manifest's 'ledoit-wolf'"),
+    (lambda b: _edit(b, lambda m: m["scoring"].update(covariance="graphical-lasso")), "covariance"),
     (lambda b: (b / "manifest.yaml").unlink(), "not a bundle"),
 ])
 def test_loader_refuses_bad_bundles(tiny_bundle, tmp_path, tamper, message):

@@ -19,7 +19,17 @@ from mtad.edge_runtime.scoring import (
     spectral_vector,
 )
 from mtad.train.evaluate import ClipScore, compute_metrics
-from mtad.train.stats import CROSS_FIT_FOLDS, FACTORS, ROWS_PER_FACTOR, fit_scoring_stats, heldout_distances, shared_gaussian, gamma_threshold, prediction_threshold, within_id_precision
+from mtad.train.stats import (
+    CROSS_FIT_FOLDS,
+    FACTORS,
+    NOISE_FLOOR,
+    ROWS_PER_FACTOR,
+    covariance_rule,
+    fit_scoring_stats,
+    heldout_distances,
+    shared_gaussian,
+)
+from mtad.train.stats import gamma_threshold, prediction_threshold, within_id_precision
 
 
 def test_mahalanobis_agrees_with_scipy(rng):
@@ -317,15 +327,19 @@ def test_factor_covariance_beats_ledoit_wolf_on_few_clips_with_unequal_variances
     assert auc["factor"] > 0.8 and auc["factor"] > auc["ledoit-wolf"] + 0.2 and auc["factor"] > auc["oracle"] - 0.06, auc
 
 
-def test_factor_covariance_falls_back_to_ledoit_wolf_on_too_few_rows_or_dimensions(rng):
-    few = rng.standard_normal((FACTORS * ROWS_PER_FACTOR - 1, 100))  # e.g. MIMII fan: 15 clips
-    narrow = rng.standard_normal((200, 2 * FACTORS))  # e.g. the 16 recon bands
-    for x in (few, narrow):
-        precision, noise = within_id_precision(x, "factor")
-        assert noise is None
-        np.testing.assert_allclose(precision, within_id_precision(x, "ledoit-wolf")[0])
+def test_factor_covariance_needs_enough_rows_and_dimensions_and_floors_its_variances(rng):
+    assert covariance_rule(FACTORS * ROWS_PER_FACTOR, 2 * FACTORS + 1) == "factor"
+    assert covariance_rule(FACTORS * ROWS_PER_FACTOR - 1, 244) == "ledoit-wolf"  # e.g. MIMII fan: 15 clips
+    assert covariance_rule(500, 2 * FACTORS) == "ledoit-wolf"  # e.g. the 16 recon bands
+    assert covariance_rule(500, 244, "ledoit-wolf") == "ledoit-wolf"
     with pytest.raises(ValueError, match="covariance must be one of"):
-        within_id_precision(narrow, "graphical-lasso")
+        covariance_rule(500, 244, "graphical-lasso")
+    x = rng.standard_normal((120, 60))
+    x[:, 7] = 0.0  # a band no training clip ever filled
+    precision, noise = within_id_precision(x, "factor")
+    floor = NOISE_FLOOR * x.var(axis=0).mean()
+    assert noise.min() == pytest.approx(floor) and np.all(np.isfinite(precision))
+    assert precision[7, 7] == pytest.approx(1 / floor, rel=1e-6)  # not 1e12, sklearn's own floor
 
 
 def test_covariance_rule_is_recorded_and_selectable(rng, tmp_path):
@@ -370,3 +384,20 @@ def test_heldout_distances_leave_one_out_then_cross_fit_beyond_the_fold_count(rn
         assert np.mean(np.concatenate(list(out.values()))) > np.mean(inside)  # out of sample: farther than in-sample
     check(10)  # 20 rows: leave one out
     check(40)  # 80 rows: 32 folds of 2-3 rows
+
+
+def test_heldout_refits_keep_the_full_fits_covariance_rule(rng):
+    """64 rows fit a factor model; each refit without a fold has 62, which alone would fall back
+    to Ledoit-Wolf. The held-out scores must come from the estimator that scores new clips."""
+    vectors = {m: rng.standard_normal((32, 40)) for m in ("fan/id_00", "fan/id_02")}
+    rule = covariance_rule(64, 40)
+    full = shared_gaussian(vectors, rule)
+    assert rule == "factor" and full.noise_variance is not None
+    out = heldout_distances(vectors, {}, rule, full.noise_variance)
+    fit = {m: v[1:] for m, v in vectors.items()}  # fold 0 holds row 0 of each id (rows 0 and 32 of the 64)
+    g = shared_gaussian(fit, "factor", full.noise_variance)
+    assert out["fan/id_00"][0] == pytest.approx(mahalanobis(vectors["fan/id_00"][0], g.centres["fan/id_00"], g.precision))
+    lw = shared_gaussian(fit, "ledoit-wolf")
+    assert out["fan/id_00"][0] != pytest.approx(mahalanobis(vectors["fan/id_00"][0], lw.centres["fan/id_00"], lw.precision), rel=1e-3)
+    with pytest.raises(ValueError, match="needs another row"):
+        heldout_distances({"fan/id_00": vectors["fan/id_00"][:1], "fan/id_02": vectors["fan/id_02"]}, {}, "ledoit-wolf")

@@ -15,7 +15,7 @@ from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import DatasetIndex, scan_dataset
 from mtad.edge_runtime.errors import BundleError, ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig
-from mtad.edge_runtime.scoring import ScoringStats
+from mtad.edge_runtime.scoring import COVARIANCES, ScoringStats
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, norms_from_checkpoint
 from .feature_cache import load_features
@@ -76,12 +76,23 @@ class ClipScore:
         return self.path
 
 
+def previous_covariance(run: LoadedRun) -> str:
+    """The covariance rule the run's statistics were made with: as its ``stats.npz`` records it
+    (a refit may have changed it), else its config; runs older than the setting used Ledoit-Wolf."""
+    try:
+        with np.load(run.run_dir / STATS) as arrays:
+            recorded = str(arrays["covariance"]) if "covariance" in arrays.files else None
+    except (OSError, ValueError, KeyError):
+        recorded = None
+    return recorded if recorded in COVARIANCES else run.ckpt["config"]["train"].get("covariance", "ledoit-wolf")
+
+
 def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, scoring: str | None = None,
                 components: tuple[str, ...] | None = None, progress: bool = True, log=print, covariance: str | None = None) -> ScoringStats:
     """Refit the scoring statistics and thresholds on DATA's training normals and save them.
 
     By default the run's own held-out split is used again (same fraction and seed, so the
-    same clips); ``holdout`` other than the run's fraction would put training clips into the
+    same clips), and its covariance rule (:func:`previous_covariance`); ``holdout`` other than the run's fraction would put training clips into the
     fit, so it is refused unless it is 0 (an explicit, warned in-sample fit).
     """
     from dataclasses import replace
@@ -93,7 +104,8 @@ def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, 
         raise ConfigError(f"--stats-holdout {holdout}: this run held out {tcfg.stats_holdout} of the training normals; "
                           f"another fraction would fit statistics on clips the model trained on (0 does so explicitly)")
     tcfg = replace(tcfg, stats_holdout=tcfg.stats_holdout if holdout is None else holdout,
-                   scoring=scoring or tcfg.scoring, components=tuple(components or tcfg.components), covariance=covariance or tcfg.covariance)
+                   scoring=scoring or tcfg.scoring, components=tuple(components or tcfg.components),
+                   covariance=covariance or previous_covariance(run))
     index = scan_dataset(data)
     store = load_features(index.select("train", label=0), progress=progress)
     train_idx, stats_idx = split_holdout(store, tcfg.stats_holdout, tcfg.seed)

@@ -6,7 +6,7 @@ import csv
 import math
 from collections import defaultdict
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from mtad.edge_runtime.windows import clip_outputs
 from . import distributed
 from .batches import EpochBatches, WindowSampler
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
-from .config import RunConfig, save_config, with_classes
+from .config import RunConfig, save_config, train_config_from_dict, with_classes
 from .feature_cache import FeatureStore, load_features
 from . import pseudo_anomalies
 from .early_stopping import EarlyStopping, heldout_loss, heldout_windows
@@ -289,7 +289,9 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
         ckpt = load_checkpoint(ckpt_path)
         stored = dict(ckpt["config"])
         want = cfg.to_dict()
-        stored_train = {k: v for k, v in stored["train"].items() if k != "epochs"}
+        # a setting added since that run was made (e.g. covariance) takes its default rather than refusing the resume
+        stored_cfg = replace(cfg, train=train_config_from_dict(stored["train"])).to_dict()
+        stored_train = {k: v for k, v in stored_cfg["train"].items() if k != "epochs"}
         want_train = {k: v for k, v in want["train"].items() if k != "epochs"}
         if stored["model"] != want["model"] or stored_train != want_train or ckpt["class_map"] != class_map:
             raise ConfigError(f"--resume: {out} was trained with another configuration or data; only --epochs may change")
