@@ -122,8 +122,9 @@ def heldout_distances(vectors: dict[str, np.ndarray], fixed: dict[str, np.ndarra
                       warm: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Distance of each held row to a shared Gaussian fitted without it, so that it is the
     distance of an unseen normal: leave one out, or with more than ``CROSS_FIT_FOLDS`` held rows
-    in the type, that many folds (each row scored by the fit without its fold), because a factor
-    model refitted once per clip of a DCASE-size set would take hours.
+    in the type, that many folds (each row scored by the fit without its fold): at DCASE size (900
+    held clips of 3600 in a type) one factor refit per clip takes about 7 minutes a type, the 32
+    folds 17 s.
 
     ``vectors[m]`` are the held rows of id m; ``fixed[m]`` extra rows always in the fit; ``rule``:
     the covariance rule of the full fit (:func:`covariance_rule`), kept for every refit so that the
