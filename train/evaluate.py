@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,7 +83,7 @@ def previous_covariance(run: LoadedRun) -> str:
     try:
         with np.load(run.run_dir / STATS) as arrays:
             recorded = str(arrays["covariance"]) if "covariance" in arrays.files else None
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, zipfile.BadZipFile):  # missing or unreadable: a refit replaces it
         recorded = None
     return recorded if recorded in COVARIANCES else run.ckpt["config"]["train"].get("covariance", "ledoit-wolf")
 
@@ -92,8 +93,9 @@ def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, 
     """Refit the scoring statistics and thresholds on DATA's training normals and save them.
 
     By default the run's own held-out split is used again (same fraction and seed, so the
-    same clips), and its covariance rule (:func:`previous_covariance`); ``holdout`` other than the run's fraction would put training clips into the
-    fit, so it is refused unless it is 0 (an explicit, warned in-sample fit).
+    same clips), with its covariance rule (:func:`previous_covariance`). ``holdout`` other than
+    the run's fraction would put training clips into the fit, so it is refused unless it is 0
+    (an explicit, warned in-sample fit).
     """
     from dataclasses import replace
 
