@@ -27,6 +27,7 @@ from mtad.train.stats import (
     covariance_rule,
     fit_scoring_stats,
     heldout_distances,
+    n_factors,
     shared_gaussian,
 )
 from mtad.train.stats import gamma_threshold, prediction_threshold, within_id_precision
@@ -332,6 +333,9 @@ def test_factor_covariance_needs_enough_rows_and_dimensions_and_floors_its_varia
     assert covariance_rule(FACTORS * ROWS_PER_FACTOR - 1, 244) == "ledoit-wolf"  # e.g. MIMII fan: 15 clips
     assert covariance_rule(500, 2 * FACTORS) == "ledoit-wolf"  # e.g. the 16 recon bands
     assert covariance_rule(500, 244, "ledoit-wolf") == "ledoit-wolf"
+    # more factors as the clips allow: the default set's 120 deviations a type get 16
+    assert [n_factors(n, 244) for n in (64, 120, 300, 600, 10_000)] == [16, 16, 37, 61, 61]
+    assert n_factors(600, 84) == 21 and n_factors(10_000, 1000) == 64 and n_factors(600, 40) == 16
     with pytest.raises(ValueError, match="covariance must be one of"):
         covariance_rule(500, 244, "graphical-lasso")
     x = rng.standard_normal((120, 60))
@@ -399,5 +403,14 @@ def test_heldout_refits_keep_the_full_fits_covariance_rule(rng):
     assert out["fan/id_00"][0] == pytest.approx(mahalanobis(vectors["fan/id_00"][0], g.centres["fan/id_00"], g.precision))
     lw = shared_gaussian(fit, "ledoit-wolf")
     assert out["fan/id_00"][0] != pytest.approx(mahalanobis(vectors["fan/id_00"][0], lw.centres["fan/id_00"], lw.precision), rel=1e-3)
+    # the factor count is the full fit's too: 200 rows in 100 dimensions give 25, a refit's 193 rows alone 24
+    vectors = {m: rng.standard_normal((100, 100)) for m in ("fan/id_00", "fan/id_02")}
+    full = shared_gaussian(vectors, "factor")
+    assert full.factors == n_factors(200, 100) == 25 and n_factors(193, 100) == 24
+    out = heldout_distances(vectors, {}, "factor", full.noise_variance, full.factors)
+    left = [j for j in range(200) if j % CROSS_FIT_FOLDS == 0]  # fold 0: rows 0, 32, 64, 96 of id_00, then 28, 60, 92 of id_02
+    fit = {m: np.delete(v, [j - 100 * k for j in left if 100 * k <= j < 100 * (k + 1)], axis=0) for k, (m, v) in enumerate(vectors.items())}
+    g = shared_gaussian(fit, "factor", full.noise_variance, 25)
+    assert out["fan/id_00"][0] == pytest.approx(mahalanobis(vectors["fan/id_00"][0], g.centres["fan/id_00"], g.precision))
     with pytest.raises(ValueError, match="needs another row"):
         heldout_distances({"fan/id_00": vectors["fan/id_00"][:1], "fan/id_02": vectors["fan/id_02"]}, {}, "ledoit-wolf")

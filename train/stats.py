@@ -41,8 +41,10 @@ def shrunk_precision(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return lw.location_, lw.precision_
 
 
-FACTORS = 16  # rank of the factor-analysis covariance (low rank plus a diagonal)
+FACTORS = 16  # the factor model's fewest shared directions (the default set's 120 deviations a type get this many)
 ROWS_PER_FACTOR = 4  # fewer within-id deviations than FACTORS * this: Ledoit-Wolf instead
+DEVIATIONS_PER_FACTOR = 8  # with more deviations, one factor per this many (at most a quarter of the dimensions)
+MAX_FACTORS = 64
 CROSS_FIT_FOLDS = 32  # more held-out clips in a type than this: cross-fitting in this many folds, not leave-one-out
 # Smallest residual variance of the factor model, relative to the mean variance: a number that is
 # constant over every training clip (a band the microphone never fills) would otherwise get a
@@ -57,6 +59,7 @@ class SharedGaussian:
     centres: dict[str, np.ndarray]
     precision: np.ndarray
     noise_variance: np.ndarray | None = None  # the factor model's diagonal; starts refits without one row
+    factors: int | None = None  # the factor model's shared directions; None for Ledoit-Wolf
 
 
 def covariance_rule(n_rows: int, dim: int, covariance: str = "factor") -> str:
@@ -69,13 +72,23 @@ def covariance_rule(n_rows: int, dim: int, covariance: str = "factor") -> str:
     return "factor" if covariance == "factor" and enough else "ledoit-wolf"
 
 
-def within_id_precision(deviations: np.ndarray, rule: str, warm: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+def n_factors(n_rows: int, dim: int) -> int:
+    """Shared directions of a factor model fitted on ``n_rows`` deviations in ``dim`` dimensions:
+    ``FACTORS``, more as the clips allow (one per ``DEVIATIONS_PER_FACTOR`` deviations, at most
+    ``dim // 4`` and ``MAX_FACTORS``). On a synthetic seed with 100 and 200 training clips per id
+    it matched or beat a fixed 16 for every statistic (acoustic 0.785 against 0.779, 0.793
+    against 0.783); the default set's 120 deviations a type get 16."""
+    return max(FACTORS, min(n_rows // DEVIATIONS_PER_FACTOR, dim // 4, MAX_FACTORS))
+
+
+def within_id_precision(deviations: np.ndarray, rule: str, warm: np.ndarray | None = None,
+                        factors: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """Precision of within-id deviations ``(n, d)`` by ``rule`` (see :func:`covariance_rule`), and
     the factor model's residual variances (None for Ledoit-Wolf).
 
-    ``factor``: ``FACTORS`` shared directions plus one residual variance per feature
-    (``sklearn.decomposition.FactorAnalysis``); ``ledoit-wolf``: shrinkage toward a scaled
-    identity. The clip statistics have a few strong shared directions (background level and
+    ``factor``: ``factors`` shared directions (default :func:`n_factors`) plus one residual
+    variance per feature (``sklearn.decomposition.FactorAnalysis``); ``ledoit-wolf``: shrinkage
+    toward a scaled identity. The clip statistics have a few strong shared directions (background level and
     colour move every band together) and many weak, mostly spurious correlations. A shrinkage
     treats them all alike: with 120 rows in 244 dimensions Ledoit-Wolf picks an intensity near
     0.02, which keeps the spurious correlations and leaves the directions the rows do not span
@@ -90,23 +103,27 @@ def within_id_precision(deviations: np.ndarray, rule: str, warm: np.ndarray | No
         raise ValueError(f"covariance must be one of {', '.join(COVARIANCES)}, got {rule!r}")
     if rule == "ledoit-wolf":
         return LedoitWolf(assume_centered=True).fit(deviations).precision_, None
+    k = factors or n_factors(*deviations.shape)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)  # tol 1e-2 on the log-likelihood; a few more iterations change nothing
-        fa = FactorAnalysis(FACTORS, svd_method="lapack", noise_variance_init=warm).fit(deviations)
+        fa = FactorAnalysis(k, svd_method="lapack", noise_variance_init=warm).fit(deviations)
     floor = NOISE_FLOOR * max(float(deviations.var(axis=0).mean()), np.finfo(np.float64).tiny)
     fa.noise_variance_ = np.maximum(fa.noise_variance_, floor)
     return fa.get_precision(), fa.noise_variance_
 
 
-def shared_gaussian(vectors: dict[str, np.ndarray], rule: str = "ledoit-wolf", warm: np.ndarray | None = None) -> SharedGaussian:
+def shared_gaussian(vectors: dict[str, np.ndarray], rule: str = "ledoit-wolf", warm: np.ndarray | None = None,
+                    factors: int | None = None) -> SharedGaussian:
     """Per-id centres and one precision shared by the ids (:func:`within_id_precision` of the
-    within-id scatter by ``rule``). ``vectors`` maps machine -> rows ``(n_i, d)``; every id needs
-    >= 1 row, all together >= 2.
+    within-id scatter by ``rule``; ``factors`` as there). ``vectors`` maps machine -> rows
+    ``(n_i, d)``; every id needs >= 1 row, all together >= 2.
     """
     centres = {m: v.mean(axis=0) for m, v in vectors.items()}
     deviations = np.concatenate([v - centres[m] for m, v in vectors.items()])
-    precision, noise = within_id_precision(deviations, rule, warm)
-    return SharedGaussian(centres, precision, noise)
+    if rule == "factor":
+        factors = factors or n_factors(*deviations.shape)
+    precision, noise = within_id_precision(deviations, rule, warm, factors)
+    return SharedGaussian(centres, precision, noise, factors if rule == "factor" else None)
 
 
 def gamma_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
@@ -119,7 +136,7 @@ def gamma_threshold(scores: np.ndarray, false_alarm_rate: float) -> float:
 
 
 def heldout_distances(vectors: dict[str, np.ndarray], fixed: dict[str, np.ndarray], rule: str = "ledoit-wolf",
-                      warm: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                      warm: np.ndarray | None = None, factors: int | None = None) -> dict[str, np.ndarray]:
     """Distance of each held row to a shared Gaussian fitted without it, so that it is the
     distance of an unseen normal: leave one out, or with more than ``CROSS_FIT_FOLDS`` held rows
     in the type, that many folds (each row scored by the fit without its fold): at DCASE size (900
@@ -127,9 +144,9 @@ def heldout_distances(vectors: dict[str, np.ndarray], fixed: dict[str, np.ndarra
     folds 17 s.
 
     ``vectors[m]`` are the held rows of id m; ``fixed[m]`` extra rows always in the fit; ``rule``:
-    the covariance rule of the full fit (:func:`covariance_rule`), kept for every refit so that the
-    held-out scores come from the estimator that scores new clips; ``warm``: the full fit's
-    residual variances, where a factor model starts each refit.
+    the covariance rule of the full fit (:func:`covariance_rule`) and ``factors`` its number of
+    factors, kept for every refit so that the held-out scores come from the estimator that scores
+    new clips; ``warm``: the full fit's residual variances, where a factor model starts each refit.
     """
     thin = [m for m, v in vectors.items() if len(v) < 2 and not len(fixed.get(m, ()))]
     if thin:
@@ -140,7 +157,7 @@ def heldout_distances(vectors: dict[str, np.ndarray], fixed: dict[str, np.ndarra
     for f in range(folds):
         left_out = {m: [i for j, (mm, i) in enumerate(rows) if j % folds == f and mm == m] for m in vectors}
         fit = {m: np.concatenate([np.delete(v, left_out[m], axis=0), fixed.get(m, v[:0])]) for m, v in vectors.items()}
-        g = shared_gaussian(fit, rule, warm)
+        g = shared_gaussian(fit, rule, warm, factors)
         for m, idx in left_out.items():
             for i in idx:
                 out[m][i] = mahalanobis(vectors[m][i], g.centres[m], g.precision)
@@ -210,7 +227,7 @@ def fit_scoring_stats(
             st.precisions[f"{comp}|{t}"] = g.precision
             for m in machines:
                 st.centres[f"{comp}|{m}"] = g.centres[m]
-            raw[comp].update(heldout_distances(vecs, fixed, rule, g.noise_variance))
+            raw[comp].update(heldout_distances(vecs, fixed, rule, g.noise_variance, g.factors))
     for comp, per_machine in raw.items():
         if comp in ("class", "embed"):  # not distances under a shared covariance: per id
             st.calibration.update({f"{comp}|{m}": calibration_of(v) for m, v in per_machine.items()})
