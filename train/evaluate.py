@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,10 +79,11 @@ class ClipScore:
 def previous_covariance(run: LoadedRun) -> str:
     """The covariance rule the run's statistics were made with: as its ``stats.npz`` records it
     (a refit may have changed it), else its config; runs older than the setting used Ledoit-Wolf."""
+    from mtad.edge_runtime.bundle_schema import read_stats_arrays
+
     try:
-        with np.load(run.run_dir / STATS) as arrays:
-            recorded = str(arrays["covariance"]) if "covariance" in arrays.files else None
-    except (OSError, ValueError, zipfile.BadZipFile):  # missing or unreadable: a refit replaces it
+        recorded = str(read_stats_arrays(run.run_dir / STATS).get("covariance", ""))
+    except BundleError:  # missing or unreadable: the refit replaces it
         recorded = None
     return recorded if recorded in COVARIANCES else run.ckpt["config"]["train"].get("covariance", "ledoit-wolf")
 

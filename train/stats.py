@@ -155,7 +155,7 @@ def heldout_distances(vectors: dict[str, np.ndarray], fixed: dict[str, np.ndarra
     folds = min(len(rows), CROSS_FIT_FOLDS)  # consecutive rows fall in different folds: no id loses all its rows at once
     out = {m: np.empty(len(v)) for m, v in vectors.items()}
     for f in range(folds):
-        left_out = {m: [i for j, (mm, i) in enumerate(rows) if j % folds == f and mm == m] for m in vectors}
+        left_out = {m: [i for mm, i in rows[f::folds] if mm == m] for m in vectors}
         fit = {m: np.concatenate([np.delete(v, left_out[m], axis=0), fixed.get(m, v[:0])]) for m, v in vectors.items()}
         g = shared_gaussian(fit, rule, warm, factors)
         for m, idx in left_out.items():
