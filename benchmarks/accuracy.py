@@ -6,7 +6,7 @@ single-task ablations, an ArcFace-head variant and the simple baseline, as mean 
 Per seed it synthesises the default set (6 types x 3 ids, 40 training normals per id) with
 ``--test`` normal and anomalous test clips per id, trains the ``--preset`` model for each variant
 (multitask, the ``recon``/``classify`` ablations, multitask with an ArcFace head, with pseudo-anomaly
-classes, or trained 40 epochs with early stopping), then scores the test clips under each
+classes, trained 40 epochs with early stopping, or on whole 10 s clips), then scores the test clips under each
 scoring method from the *same* trained model. Statistics and thresholds come only from training
 normals (held out from training where a model is involved); test clips are never fitted on.
 
@@ -49,6 +49,8 @@ VARIANTS = {
     "arcface": ("multitask", {"head": "arcface"}),
     "pseudo": ("multitask", {}, {"pseudo_anomalies": 0.5}),
     "long": ("multitask", {}, {"epochs": 40, "early_stopping": 5}),  # 40 epochs, early stopping on the held-out normals' loss
+    # the whole 10 s clip (313 frames) as one window, as many updates as `small`'s 4 x 2 s windows per clip
+    "wholeclip": ("multitask", {"window": 313}),
 }
 # (variant, label, scoring, components[, scoring variant]); the first row is the default.
 # Scoring variants: "v1" uses the previous spectral statistic (band mean and std only);
@@ -83,6 +85,15 @@ METHODS = [
     ("long", "40 epochs + early stopping: component recon", "fusion", ("recon",)),
     ("long", "40 epochs + early stopping: component embed", "fusion", ("embed",)),
     ("long", "40 epochs + early stopping: fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
+    ("multitask", "fusion recon+embed+acoustic", "fusion", ("recon", "embed", "acoustic")),
+    ("arcface", "arcface head: fusion recon+embed+acoustic", "fusion", ("recon", "embed", "acoustic")),
+    ("pseudo", "pseudo-anomaly classes: default fusion recon+acoustic", "fusion", ("recon", "acoustic")),
+    ("pseudo", "pseudo-anomaly classes: fusion recon+class+acoustic", "fusion", ("recon", "class", "acoustic")),
+    ("pseudo", "pseudo-anomaly classes: fusion recon+embed+acoustic", "fusion", ("recon", "embed", "acoustic")),
+    ("wholeclip", "whole-clip windows: default fusion recon+acoustic", "fusion", ("recon", "acoustic")),
+    ("wholeclip", "whole-clip windows: component recon", "fusion", ("recon",)),
+    ("wholeclip", "whole-clip windows: component class", "fusion", ("class",)),
+    ("wholeclip", "whole-clip windows: component embed", "fusion", ("embed",)),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
 # Bump when a change alters how rows score (2: calibration std pooled per type; 3: factor-analysis

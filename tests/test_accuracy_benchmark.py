@@ -56,3 +56,13 @@ def test_scoring_variants_are_switched_back():
         assert scoring.spectral_vector(logmel).shape == (2 * 128 // scoring.SPECTRAL_BAND,)
         raise RuntimeError("a failing method")
     assert scoring.spectral_vector(logmel).shape == dim
+
+
+def test_every_row_names_a_trained_variant_and_valid_components():
+    labels = [m[1] for m in acc.METHODS]
+    assert len(labels) == len(set(labels))  # a duplicate label would overwrite a cached row
+    for variant, label, method, comps, *version in acc.METHODS:
+        assert variant in acc.VARIANTS, label
+        task = acc.VARIANTS[variant][0]
+        assert method in scoring.SCORINGS and set(comps) <= set(scoring.task_components(task)), label
+        assert not version or version[0] in ("v1", "equal", "lw"), label
