@@ -27,7 +27,7 @@ from .config import PRESETS, TASKS
 @click.option("--scoring", type=click.Choice(SCORINGS), help="fusion (default: per-id, calibrated) or paper (2-D Mahalanobis per type).")
 @click.option("--components", help=f"Fusion components, comma-separated subset of {','.join(COMPONENTS)} (default {','.join(DEFAULT_COMPONENTS)}).")
 @click.option("--covariance", type=click.Choice(COVARIANCES),
-              help="Shared covariance of the distance scores: factor (default: factor analysis, 16 factors) or ledoit-wolf (the previous rule).")
+              help="Shared covariance of the distance scores: factor (default: factor analysis, 16 factors, more as the clips allow) or ledoit-wolf (the previous rule).")
 @click.option("--early-stopping", type=int, metavar="PATIENCE",
               help="Stop when the held-out normals' loss has not improved for PATIENCE epochs and keep the best epoch's weights (0 = off).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
