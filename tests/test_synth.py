@@ -2,12 +2,13 @@ import csv
 import hashlib
 
 import numpy as np
+import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.features import LogMelExtractor
-from mtad.train.synth import MACHINE_TYPES, MODELS, SynthConfig, render_clip
+from mtad.train.synth import MACHINE_TYPES, MODELS, SynthConfig, render_clip, render_with_levels
 from mtad.train.synth_cli import main as synth_main
 from mtad.train.synth_writer import write_dataset
 
@@ -84,3 +85,20 @@ def test_val_split_is_written_scanned_and_leaves_train_and_test_unchanged(tmp_pa
 def test_cli_rejects_a_negative_val(tmp_path):
     res = CliRunner().invoke(synth_main, [str(tmp_path / "o"), "--val", "-1"])
     assert res.exit_code == 1 and res.output.count("\n") == 1 and "--val >= 0" in res.output
+
+
+def test_fault_levels_are_measured_and_written_to_the_manifest(tmp_path):
+    cfg = SynthConfig(types=("fan", "slider"), ids=1, train=1, test=3, seconds=2.0, seed=4)
+    write_dataset(cfg, tmp_path, workers=1, progress=False)
+    rows = list(csv.DictReader(open(tmp_path / "synth_manifest.csv")))
+    for r in rows:
+        index = int(r["path"].rsplit("_", 1)[1].split(".")[0])
+        audio, fault_db, snr_db = render_with_levels(cfg, r["machine_type"], r["machine_id"], r["split"], r["fault"] or None, index)
+        assert np.array_equal(audio, render_clip(cfg, r["machine_type"], r["machine_id"], r["split"], r["fault"] or None, index))
+        assert 0.0 <= snr_db <= 6.0 and float(r["snr_db"]) == pytest.approx(snr_db, abs=0.005)
+        assert (r["fault_db"] == "") == (fault_db is None) == (r["label"] == "normal")
+        if fault_db is not None:
+            assert float(r["fault_db"]) == pytest.approx(fault_db, abs=0.005)
+    level = {(r["machine_type"], r["fault"]): float(r["fault_db"]) for r in rows if r["fault"]}
+    # the generator's faults span 45 dB: a fan's bearing impacts are far below its sound, stick-slip changes most of a slider's
+    assert level[("fan", "bearing")] < -40 and level[("slider", "stick_slip")] > -6

@@ -433,14 +433,28 @@ def machine_params(cfg: SynthConfig, machine_type: str, machine_id: str) -> dict
 
 def render_clip(cfg: SynthConfig, machine_type: str, machine_id: str, split: str, fault: str | None, index: int) -> np.ndarray:
     """One clip as float32 in [-1, 1]; ``fault`` None means normal."""
+    return render_with_levels(cfg, machine_type, machine_id, split, fault, index)[0]
+
+
+def render_with_levels(cfg: SynthConfig, machine_type: str, machine_id: str, split: str, fault: str | None,
+                       index: int) -> tuple[np.ndarray, float | None, float]:
+    """:func:`render_clip`'s clip, with how loud its fault and background are:
+    ``(audio, fault_db, snr_db)``. ``fault_db`` is the level of what the fault changed (the
+    machine's sound with the fault minus the same sound without it) relative to the machine's
+    sound with the fault, in dB (None for a normal clip); ``snr_db`` is the machine's level
+    over the background's."""
     model = MODELS[machine_type]
     params = machine_params(cfg, machine_type, machine_id)
     rng = np.random.default_rng(_seed_for(cfg.seed, machine_type, machine_id, split, fault or "normal", index))
     n = int(round(cfg.seconds * SR))
     comps = model.normal(params, n, rng)
+    fault_db = None
     if fault is not None:
+        before = sum(v for k, v in comps.items() if not k.startswith("_"))
         model.faults[fault](params, comps, n, rng, cfg.severity)
     machine = sum(v for k, v in comps.items() if not k.startswith("_"))
+    if fault is not None:
+        fault_db = float(20 * np.log10(_rms(machine - before) / _rms(machine)))
     machine = machine / _rms(machine)
     snr = rng.uniform(*cfg.snr_db)
     mix = machine + factory_background(n, rng) * 10 ** (-snr / 20)
@@ -449,7 +463,7 @@ def render_clip(cfg: SynthConfig, machine_type: str, machine_id: str, split: str
     mix = signal.sosfilt(_ANTI_ALIAS, mix)
     gain_db = -24 + rng.uniform(-1.0, 1.0)  # RMS level, well below clipping
     mix = mix / _rms(mix) * 10 ** (gain_db / 20)
-    return np.clip(mix, -1.0, 1.0).astype(np.float32)
+    return np.clip(mix, -1.0, 1.0).astype(np.float32), fault_db, float(snr)
 
 
 @dataclass(frozen=True)
