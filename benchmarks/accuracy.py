@@ -147,32 +147,41 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
     train_store = load_features(index.select("train", label=0), progress=False)
     test_store = load_features(index.select("test"), progress=False)
     for variant in variants:
-        if all(m[1] in results for m in METHODS if m[0] == variant):
+        pending = [m for m in METHODS if m[0] == variant and m[1] not in results]
+        if not pending:
             continue
-        task, model_overrides, *train_overrides = VARIANTS[variant]
-        run_dir = runs / f"seed{seed}-{variant}"
-        if not (run_dir / "stats.npz").exists():
-            cfg = load_config(preset, **{"epochs": epochs, "task": task, "seed": seed, **(train_overrides[0] if train_overrides else {})})
-            cfg = replace(cfg, model=replace(cfg.model, **model_overrides))
-            train_run(data, run_dir, cfg, progress=False, log=lambda m: None)
-        run = load_run(run_dir, require_stats=False)  # the statistics are refitted per method below
-        tcfg = run.ckpt["config"]["train"]
-        norms = norms_from_checkpoint(run.ckpt)
-        runner = run.runner()
-        train_idx, held_idx = split_holdout(train_store, tcfg["stats_holdout"], tcfg["seed"])
-        held, extra = stats_inputs(runner, train_store, train_idx, held_idx, norms, run.model_cfg)
-        test = compute_outputs(runner, test_store, list(range(len(test_store))), norms, run.model_cfg)
-        for mvariant, label, method, comps, *version in METHODS:
-            if mvariant != variant or label in results:
-                continue
-            version = version[0] if version else None
-            covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
-            with scoring_variant(version):
-                stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, method, comps, extra,
-                                             covariance)
-                scores = score_outputs(stats, test_store.clips, test)
-            results[label] = per_machine(scores)
+        score = variant_scorer(data, runs, seed, variant, preset, epochs, train_store, test_store)
+        for _, label, method, comps, *version in pending:
+            results[label] = per_machine(score(method, comps, version[0] if version else None))
     return results
+
+
+def variant_scorer(data: Path, runs: Path, seed: int, variant: str, preset: str, epochs: int | None, train_store, test_store):
+    """Train ``variant``'s model on ``data`` (or load it from ``runs``) and return
+    ``score(method, components, scoring_version) -> [ClipScore]`` for the test clips; every call
+    refits the statistics on the run's held-out training normals only."""
+    task, model_overrides, *train_overrides = VARIANTS[variant]
+    run_dir = runs / f"seed{seed}-{variant}"
+    if not (run_dir / "stats.npz").exists():
+        cfg = load_config(preset, **{"epochs": epochs, "task": task, "seed": seed, **(train_overrides[0] if train_overrides else {})})
+        cfg = replace(cfg, model=replace(cfg.model, **model_overrides))
+        train_run(data, run_dir, cfg, progress=False, log=lambda m: None)
+    run = load_run(run_dir, require_stats=False)  # the statistics are refitted per method below
+    tcfg = run.ckpt["config"]["train"]
+    norms = norms_from_checkpoint(run.ckpt)
+    runner = run.runner()
+    train_idx, held_idx = split_holdout(train_store, tcfg["stats_holdout"], tcfg["seed"])
+    held, extra = stats_inputs(runner, train_store, train_idx, held_idx, norms, run.model_cfg)
+    test = compute_outputs(runner, test_store, list(range(len(test_store))), norms, run.model_cfg)
+
+    def score(method: str, comps: tuple[str, ...], version: str | None):
+        covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
+        with scoring_variant(version):
+            stats, _ = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, method, comps, extra,
+                                         covariance)
+            return score_outputs(stats, test_store.clips, test)
+
+    return score
 
 
 def per_machine(scores) -> dict:

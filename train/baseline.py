@@ -20,8 +20,9 @@ def clip_summary(logmel: np.ndarray) -> np.ndarray:
     return np.concatenate([logmel.mean(axis=1), logmel.std(axis=1)])
 
 
-def baseline_aucs(index: DatasetIndex) -> dict[tuple[str, str], tuple[float, float]]:
-    """``{(type, id): (auc, pauc)}`` of the mean/std log-mel Mahalanobis baseline."""
+def baseline_scores(index: DatasetIndex) -> dict[tuple[str, str], tuple[list, np.ndarray]]:
+    """``{(type, id): (test clips, scores)}`` of the mean/std log-mel Mahalanobis baseline, for the
+    ids with at least 2 training clips and both labels among their test clips."""
     extract = LogMelExtractor()
     feats = {c.path: clip_summary(extract(load_audio(c.path))) for c in index.clips if c.split in ("train", "test")}  # not val clips
     results = {}
@@ -31,10 +32,16 @@ def baseline_aucs(index: DatasetIndex) -> dict[tuple[str, str], tuple[float, flo
         if len(train) < 2 or len({c.label for c in test}) < 2:
             continue
         lw = LedoitWolf().fit(np.stack(train))
-        x = np.stack([feats[c.path] for c in test])
-        scores = np.sqrt(lw.mahalanobis(x))
+        results[(mtype, mid)] = (test, np.sqrt(lw.mahalanobis(np.stack([feats[c.path] for c in test]))))
+    return results
+
+
+def baseline_aucs(index: DatasetIndex) -> dict[tuple[str, str], tuple[float, float]]:
+    """``{(type, id): (auc, pauc)}`` of the mean/std log-mel Mahalanobis baseline."""
+    results = {}
+    for key, (test, scores) in baseline_scores(index).items():
         y = np.array([c.label for c in test])
-        results[(mtype, mid)] = (roc_auc_score(y, scores), roc_auc_score(y, scores, max_fpr=MAX_FPR))
+        results[key] = (roc_auc_score(y, scores), roc_auc_score(y, scores, max_fpr=MAX_FPR))
     return results
 
 

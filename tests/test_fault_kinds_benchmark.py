@@ -1,0 +1,35 @@
+"""The fault-kind breakdown (benchmarks/fault_kinds.py): AUC per fault kind and the bound it prints."""
+
+import importlib.util
+
+import numpy as np
+import pytest
+
+from .conftest import REPO
+
+_spec = importlib.util.spec_from_file_location("fault_kinds_benchmark", REPO / "benchmarks" / "fault_kinds.py")
+fk = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fk)
+
+
+def test_fault_aucs_compare_each_kind_with_the_same_machines_normals_only():
+    machines = ["a/id_00"] * 6 + ["a/id_01"] * 4
+    labels = [0, 0, 1, 1, 1, 1, 0, 0, 1, 1]
+    kinds = ["", "", "x", "x", "y", "y", "", "", "x", "x"]
+    scores = [0.1, 0.4, 0.9, 0.3, 0.0, 0.2, 5.0, 6.0, 1.0, 7.0]  # a/id_01's normals score high: only its own anomalies meet them
+    aucs = fk.fault_aucs(machines, labels, kinds, scores)
+    assert aucs == {"a/id_00": {"x": 0.75, "y": 0.25}, "a/id_01": {"x": 0.5}}
+
+
+def test_summary_means_units_and_the_bound_by_hand():
+    def seed(auc_x, auc_y):
+        return {"levels": {"a/x": [-10.0, -12.0], "a/y": [-40.0], "b/z": [-5.0]},
+                "rows": {label: {"a/id_00": {"x": auc_x, "y": auc_y}, "b/id_00": {"z": 0.9}} for label in [r[0] for r in fk.ROWS] + [fk.BASELINE]}}
+    summary = fk.summarise({0: seed(0.9, 0.5), 1: seed(0.7, 0.55)})
+    row = summary["table"]["a/x"]
+    assert row["level_db"] == -11.0
+    assert row[fk.BASELINE][0] == pytest.approx(0.8) and row[fk.BASELINE][1] == pytest.approx(0.1)  # SE of (0.9, 0.7)
+    assert summary["undetected"] == ["a/y"]  # every row below 0.6
+    assert summary["bound"] == pytest.approx(np.mean([0.75, 1.0]))  # type a: x perfect, y at chance; type b perfect
+    text = fk.render(summary)
+    assert "| a | x | -11 |" in text and "not detected by any row (every AUC < 0.6): a/y" in text
