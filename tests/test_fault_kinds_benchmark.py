@@ -24,12 +24,15 @@ def test_fault_aucs_compare_each_kind_with_the_same_machines_normals_only():
 def test_summary_means_units_and_the_bound_by_hand():
     def seed(auc_x, auc_y):
         return {"levels": {"a/x": [-10.0, -12.0], "a/y": [-40.0], "b/z": [-5.0]},
-                "rows": {label: {"a/id_00": {"x": auc_x, "y": auc_y}, "b/id_00": {"z": 0.9}} for label in [r[0] for r in fk.ROWS] + [fk.BASELINE]}}
+                "rows": {label: {"a/id_00": {"x": auc_x + (0.1 if label == fk.BASELINE else 0.0), "y": auc_y}, "b/id_00": {"z": 0.9}}
+                         for label in [r[0] for r in fk.ROWS] + [fk.BASELINE]}}
     summary = fk.summarise({0: seed(0.9, 0.5), 1: seed(0.7, 0.55)})
     row = summary["table"]["a/x"]
     assert row["level_db"] == -11.0
-    assert row[fk.BASELINE][0] == pytest.approx(0.8) and row[fk.BASELINE][1] == pytest.approx(0.1)  # SE of (0.9, 0.7)
+    assert row[fk.BASELINE][0] == pytest.approx(0.9) and row[fk.BASELINE][1] == pytest.approx(0.1)  # SE of (1.0, 0.8)
+    assert row[fk.ROWS[0][0]][0] == pytest.approx(0.8)
     assert summary["undetected"] == ["a/y"]  # every row below 0.6
     assert summary["bound"] == pytest.approx(np.mean([0.75, 1.0]))  # type a: x perfect, y at chance; type b perfect
+    assert summary["best_per_kind"] == pytest.approx(np.mean([np.mean([0.9, 0.525]), 0.9]))  # the baseline's row is best on a/x
     text = fk.render(summary)
     assert "| a | x | -11 |" in text and "not detected by any row (every AUC < 0.6): a/y" in text
