@@ -23,7 +23,7 @@ def test_fault_aucs_compare_each_kind_with_the_same_machines_normals_only():
 
 def test_summary_means_units_and_the_bound_by_hand():
     def seed(auc_x, auc_y):
-        return {"levels": {"a/x": [-10.0, -12.0], "a/y": [-40.0], "b/z": [-5.0]},
+        return {"levels": {"a/x": [-10.0, -12.0], "a/y": [-40.0, -243.0], "b/z": [-5.0]},
                 "rows": {label: {"a/id_00": {"x": auc_x + (0.1 if label == fk.BASELINE else 0.0), "y": auc_y}, "b/id_00": {"z": 0.9}}
                          for label in [r[0] for r in fk.ROWS] + [fk.BASELINE]}}
     summary = fk.summarise({0: seed(0.9, 0.5), 1: seed(0.7, 0.55)})
@@ -36,3 +36,5 @@ def test_summary_means_units_and_the_bound_by_hand():
     assert summary["best_per_kind"] == pytest.approx(np.mean([np.mean([0.9, 0.525]), 0.9]))  # the baseline's row is best on a/x
     text = fk.render(summary)
     assert "| a | x | -11 |" in text and "not detected by any row (every AUC < 0.6): a/y" in text
+    assert summary["silent"] == {"a/y": [2, 4]}  # one clip a seed whose fault changed nothing
+    assert "normal clips labelled anomalous): a/y 2 of 4" in text
