@@ -108,11 +108,13 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     """Per (type, fault kind): the fault level (median dB) and, per row, mean and SE over (seed, id) units."""
     labels = [label for label, _ in ROWS] + [BASELINE]
     kinds = sorted({k for r in per_seed.values() for k in r["levels"]})
-    table = {}
+    table, silent = {}, {}
     for key in kinds:
         mtype, kind = key.split("/")
-        levels = [v for r in per_seed.values() for v in r["levels"][key]]
+        levels = np.array([v for r in per_seed.values() for v in r["levels"][key]], dtype=float)
         row = {"level_db": float(np.median(levels))}
+        if (levels < SILENT_DB).any():
+            silent[key] = [int((levels < SILENT_DB).sum()), int(levels.size)]
         for label in labels:
             units = np.array([aucs[kind] for r in per_seed.values() for m, aucs in r["rows"][label].items()
                               if m.split("/")[0] == mtype and kind in aucs])
@@ -122,11 +124,6 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     types = sorted({k.split("/")[0] for k in kinds})
     per_type = [np.mean([0.5 if k in undetected else 1.0 for k in kinds if k.split("/")[0] == t]) for t in types]
     best = [np.mean([max(table[k][label][0] for label in labels) for k in kinds if k.split("/")[0] == t]) for t in types]
-    silent = {}
-    for key in kinds:
-        levels = np.array([v for r in per_seed.values() for v in r["levels"][key]], dtype=float)
-        if (levels < SILENT_DB).any():
-            silent[key] = [int((levels < SILENT_DB).sum()), int(levels.size)]
     return {"seeds": sorted(per_seed), "labels": labels, "table": table, "undetected": undetected, "bound": float(np.mean(per_type)),
             "best_per_kind": float(np.mean(best)), "silent": silent}
 

@@ -100,5 +100,5 @@ def test_fault_levels_are_measured_and_written_to_the_manifest(tmp_path):
         if fault_db is not None:
             assert float(r["fault_db"]) == pytest.approx(fault_db, abs=0.005)
     level = {(r["machine_type"], r["fault"]): float(r["fault_db"]) for r in rows if r["fault"]}
-    # the generator's faults span 45 dB: a fan's bearing impacts are far below its sound, stick-slip changes most of a slider's
+    # the generator's faults span over 40 dB: a fan's bearing impacts are far below its sound, stick-slip changes most of a slider's
     assert level[("fan", "bearing")] < -40 and level[("slider", "stick_slip")] > -6
