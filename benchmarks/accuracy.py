@@ -10,6 +10,11 @@ classes, trained 40 epochs with early stopping, or on whole 10 s clips), then sc
 scoring method from the *same* trained model. Statistics and thresholds come only from training
 normals (held out from training where a model is involved); test clips are never fitted on.
 
+``--data DIR`` scores a dataset in the DCASE 2020 layout instead (your own recordings, or a set
+from another generator): nothing is synthesised, and each seed trains the models once more on the
+same clips, so the standard errors cover training seeds and ids, not the choice of clips. A
+``{seed}`` in DIR names one dataset per seed (``--data sets/seed{seed}``), which they do cover.
+
 Standard errors: per type over the (seed, id) units; for the mean over types, over seeds.
 "A beats B" is printed only where the paired difference exceeds 2 standard errors.
 Everything is cached under --out, so a rerun only redoes what is missing.
@@ -271,6 +276,8 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"trained models, from {', '.join(VARIANTS)}")
     ap.add_argument("--severity", type=float, default=1.0, help="fault strength of the synthesised set (use another --out for each)")
     ap.add_argument("--snr", default="0,6", help="machine-to-background SNR range in dB, 'lo,hi' (use another --out for each)")
+    ap.add_argument("--data", help="score this dataset (DCASE 2020 layout) instead of synthesising one per seed; the seeds are "
+                    "then training seeds, or pick a dataset each where the path holds {seed} (use another --out for each)")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--out", type=Path, default=Path("results/accuracy"))
@@ -280,6 +287,10 @@ def main() -> None:
     variants = args.variants.split(",")
     if METHODS[0][0] not in variants:
         ap.error(f"--variants must include {METHODS[0][0]} (the default's model, which every row is compared with)")
+    seed_data = {seed: Path(args.data.replace("{seed}", str(seed))) for seed in seeds} if args.data else {}
+    missing = [str(p) for p in seed_data.values() if not p.is_dir()]
+    if missing:
+        ap.error(f"--data: no such directory: {', '.join(missing)}")
     args.out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     for seed in seeds:
@@ -295,7 +306,7 @@ def main() -> None:
         if all(label in done for label in wanted) and BASELINE in done:
             per_seed[seed] = {k: done[k] for k in [BASELINE] + wanted}
         else:
-            data = synthesise(args.out, seed, args.test, args.severity, tuple(float(v) for v in args.snr.split(",")))
+            data = seed_data.get(seed) or synthesise(args.out, seed, args.test, args.severity, tuple(float(v) for v in args.snr.split(",")))
             per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, variants, args.preset, args.epochs, done)
             with atomic_write(cache, "w") as f:  # a killed run must not leave a cut-off cache
                 f.write(json.dumps({"revision": CACHE_REVISION, **per_seed[seed]}))

@@ -66,3 +66,12 @@ def test_every_row_names_a_trained_variant_and_valid_components():
         task = acc.VARIANTS[variant][0]
         assert method in scoring.SCORINGS and set(comps) <= set(scoring.task_components(task)), label
         assert not version or version[0] in ("v1", "equal", "lw"), label
+
+
+def test_data_option_names_each_missing_dataset(tmp_path, monkeypatch, capsys):
+    (tmp_path / "set1").mkdir()
+    monkeypatch.setattr("sys.argv", ["accuracy.py", "--data", str(tmp_path / "set{seed}"), "--seeds", "1,2", "--out", str(tmp_path / "o")])
+    with pytest.raises(SystemExit) as exc:
+        acc.main()
+    assert exc.value.code == 2 and f"no such directory: {tmp_path / 'set2'}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # refused before anything is written
