@@ -9,7 +9,8 @@ no code or parameters with the project's own synthesiser.
     independent_synth.py OUT [--seed N] [--train 40] [--test 50] [--seconds 10]
 
 writes OUT/<type>/train/normal_id_XX_NNNNNNNN.wav, OUT/<type>/test/{normal,anomaly}_id_XX_NNNNNNNN.wav
-(16 kHz mono 16-bit PCM) and OUT/manifest.csv (path, machine_type, machine_id, split, label, fault).
+(16 kHz mono 16-bit PCM) and, last, OUT/manifest.csv (path, machine_type, machine_id, split, label,
+fault): a set without it was not finished.
 
 Every clip has its own generator seeded from (seed, type, id, split, label, index), so any clip can
 be regenerated alone.  Normal clips vary in operating point, phase, factory background (level,
@@ -348,10 +349,13 @@ def main():
                     rel = f"{mtype}/{split}/{label}_id_{mid:02d}_{i:08d}.wav"
                     sf.write(os.path.join(a.out, rel), x, SR, subtype="PCM_16")
                     rows.append((rel, mtype, f"id_{mid:02d}", split, label, fault))
-    with open(os.path.join(a.out, "manifest.csv"), "w", newline="") as fh:
+    # Written last and renamed into place: a manifest means the set is complete.
+    tmp = os.path.join(a.out, "manifest.csv.tmp")
+    with open(tmp, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(("path", "machine_type", "machine_id", "split", "label", "fault"))
         w.writerows(rows)
+    os.replace(tmp, os.path.join(a.out, "manifest.csv"))
     print(f"wrote {len(rows)} clips to {a.out} in {time.time() - t0:.1f} s")
 
 
