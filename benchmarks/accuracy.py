@@ -102,10 +102,11 @@ METHODS = [
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
 # Bump when a change alters how rows score (2: calibration std pooled per type; 3: factor-analysis
-# covariances for the model-free statistics); a seed's cached rows of another revision are then
+# covariances for the model-free statistics; 4: thresholds of model-free rows from every training
+# normal, out of sample); a seed's cached rows of another revision are then
 # recomputed, except the baseline and single scores of the model's components, which neither
 # change touched (a per-id AUC does not depend on per-id standardisation).
-CACHE_REVISION = 3
+CACHE_REVISION = 4
 # Rows renamed since a seed's results were cached: new label -> label in older caches.
 RENAMED = {
     "fusion recon+spectral+envelope (default before acoustic)": "fusion recon+spectral+envelope (previous default)",

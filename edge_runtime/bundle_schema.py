@@ -78,6 +78,8 @@ class ScoringSection(_Section):
     weights: list[Annotated[float, Field(gt=0)]] = []
     covariance: Optional[Covariance] = None
     false_alarm_rate: Annotated[float, Field(gt=0, lt=1)]
+    # which training normals' out-of-sample scores set the thresholds (absent before mtad recorded it)
+    thresholds_from: Optional[Literal["held_out_normals", "all_training_normals"]] = None
 
 
 class VariantEntry(_Section):

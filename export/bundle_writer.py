@@ -57,6 +57,8 @@ def scoring_summary(run) -> dict:
         "false_alarm_rate": float(run.stats.false_alarm_rate),
         "stats_holdout": None if held is None else held["stats_holdout"],
         "heldout_clips_per_machine": None if held is None else {m: len(v) for m, v in held["held_out"].items()},
+        # model-free scores (no model output) are out of sample on every training normal, so all of them set the thresholds
+        "thresholds_from": "held_out_normals" if run.stats.needs_model else "all_training_normals",
     }
 
 

@@ -46,6 +46,7 @@ def test_manifest_is_self_describing(tiny_bundle):
     assert m["source_run"] == "tiny"  # a name, not a path of the build machine
     assert m["scoring"]["method"] == "fusion" and m["scoring"]["components"] == ["recon", "acoustic"] and m["scoring"]["covariance"] == "factor"
     assert m["scoring"]["stats_holdout"] == 0.25 and set(m["scoring"]["heldout_clips_per_machine"].values()) == {4}
+    assert m["scoring"]["thresholds_from"] == "held_out_normals"  # recon is a model output: only clips the model never saw
     assert m["inference"]["opset"] == 17 and m["inference"]["window"] == m["model_config"]["window"]
     assert set(m["files"]) >= {"models/fp32.onnx", "models/fp16.onnx", "models/int8.onnx", "stats.npz"}
     cal = m["calibration"]

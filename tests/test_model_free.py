@@ -47,6 +47,7 @@ def test_model_free_scores_equal_evaluation_without_inference(model_free, tiny_s
     run_dir, bundle_dir = model_free
     bundle = load_bundle(bundle_dir)
     assert not bundle.stats.needs_model and bundle.stats.components == ("acoustic",)
+    assert bundle.manifest["scoring"]["thresholds_from"] == "all_training_normals"
     assert isinstance(choose_runner(bundle, "auto"), NoModelRunner)
     scorer = EdgeScorer(bundle, _Refuses())
     scores, _ = score_split(load_run(run_dir), scan_dataset(tiny_synth), progress=False)

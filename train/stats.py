@@ -178,7 +178,8 @@ def fit_scoring_stats(
     """Fit statistics and thresholds from ``held``: ``(machine, evidence)`` of normals the model
     never trained on. ``extra_normals`` (``(machine, evidence)`` of the clips the model did train
     on, without model outputs) join the fit of the model-free components (``spectral``, ``envelope``,
-    ``acoustic``) only.
+    ``acoustic``) only; where every component is model-free they are scored out of sample like
+    ``held`` and set the calibration and thresholds with them.
 
     ``covariance``: how the distance components' shared covariances are estimated
     (:func:`within_id_precision`). Returns the stats and each machine's held-out final scores,
@@ -196,6 +197,14 @@ def fit_scoring_stats(
     by_machine: dict[str, list[ClipEvidence]] = defaultdict(list)
     for m, ev in held:
         by_machine[m].append(ev)
+    if all(c in MODEL_FREE for c in components):
+        # No model output is scored, so the clips the model trained on are as unseen to these
+        # statistics as the held-out ones: every training normal gets an out-of-sample score, and a
+        # threshold from 40 such scores an id instead of 10 varies far less from id to id.
+        for m, ev in extra_normals:
+            if m in by_machine:
+                by_machine[m].append(ev)
+        extra_normals = ()
     few = {m: len(v) for m, v in by_machine.items() if len(v) < MIN_CALIBRATION_CLIPS}
     if few:
         raise DatasetError(
