@@ -6,8 +6,9 @@ single-task ablations, an ArcFace-head variant and the simple baseline, as mean 
 Per seed it synthesises the default set (6 types x 3 ids, 40 training normals per id) with
 ``--test`` normal and anomalous test clips per id, trains the ``--preset`` model for each variant
 (multitask, the ``recon``/``classify`` ablations, multitask with an ArcFace head, with pseudo-anomaly
-classes, trained 40 epochs with early stopping, or on whole 10 s clips), then scores the test clips under each
-scoring method from the *same* trained model. Statistics and thresholds come only from training
+classes, trained 40 epochs with early stopping, on whole 10 s clips, or holding out a quarter of the
+training normals for the statistics instead of `small`'s half), then scores the test clips under each
+scoring method from the *same* trained model (``--rows`` picks some of them). Statistics and thresholds come only from training
 normals (held out from training where a model is involved); test clips are never fitted on.
 
 ``--data DIR`` scores a dataset in the DCASE 2020 layout instead (your own recordings, or a set
@@ -56,6 +57,8 @@ VARIANTS = {
     "long": ("multitask", {}, {"epochs": 40, "early_stopping": 5}),  # 40 epochs, early stopping on the held-out normals' loss
     # the whole 10 s clip (313 frames) as one window, as many updates as `small`'s 4 x 2 s windows per clip
     "wholeclip": ("multitask", {"window": 313}),
+    # the held-out fraction before `small` held out half: a quarter of each id's training normals
+    "holdout25": ("multitask", {}, {"stats_holdout": 0.25}),
 }
 # (variant, label, scoring, components[, scoring variant]); the first row is the default.
 # Scoring variants: "v1" uses the previous spectral statistic (band mean and std only);
@@ -99,6 +102,8 @@ METHODS = [
     ("wholeclip", "whole-clip windows: component recon", "fusion", ("recon",)),
     ("wholeclip", "whole-clip windows: component class", "fusion", ("class",)),
     ("wholeclip", "whole-clip windows: component embed", "fusion", ("embed",)),
+    ("holdout25", "default fusion, --stats-holdout 0.25", "fusion", ("recon", "acoustic")),
+    ("holdout25", "component recon, --stats-holdout 0.25", "fusion", ("recon",)),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
 # Bump when a change alters how rows score (2: calibration std pooled per type; 3: factor-analysis
@@ -144,8 +149,16 @@ def synthesise(out: Path, seed: int, n_test: int, severity: float = 1.0, snr_db:
     return data
 
 
-def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset: str, epochs: int | None, done: dict) -> dict:
-    """``{method: {machine: (auc, pauc, far)}}`` for one seed; methods already in ``done`` are kept."""
+def selected_methods(variants: list[str], rows: list[str]) -> list[tuple]:
+    """The METHODS rows of ``variants`` whose label contains one of ``rows`` (all where empty); the
+    default's row always, since every row is compared with it."""
+    return [m for m in METHODS if m[0] in variants and (m is METHODS[0] or not rows or any(r in m[1] for r in rows))]
+
+
+def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset: str, epochs: int | None, done: dict,
+                  methods: list[tuple] = METHODS) -> dict:
+    """``{method: {machine: (auc, pauc, far)}}`` for one seed (the ``methods`` rows of ``variants``);
+    methods already in ``done`` are kept."""
     index = scan_dataset(data)
     results: dict[str, dict] = dict(done)
     if BASELINE not in results:
@@ -153,7 +166,7 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
     train_store = load_features(index.select("train", label=0), progress=False)
     test_store = load_features(index.select("test"), progress=False)
     for variant in variants:
-        pending = [m for m in METHODS if m[0] == variant and m[1] not in results]
+        pending = [m for m in methods if m[0] == variant and m[1] not in results]
         if not pending:
             continue
         score = variant_scorer(data, runs, seed, variant, preset, epochs, train_store, test_store)
@@ -282,6 +295,8 @@ def main() -> None:
     ap.add_argument("--preset", default="small")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--out", type=Path, default=Path("results/accuracy"))
+    ap.add_argument("--rows", default="", help="score only the rows whose label contains one of these comma-separated "
+                    "substrings (and the default's row), e.g. 'component acoustic,paper'")
     ap.add_argument("--name", default="accuracy", help="file name of the table and summary under --out (e.g. a confirmation run on other seeds)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -292,6 +307,7 @@ def main() -> None:
     missing = [str(p) for p in seed_data.values() if not p.is_dir()]
     if missing:
         ap.error(f"--data: no such directory: {', '.join(missing)}")
+    methods = selected_methods(variants, [r for r in args.rows.split(",") if r])
     args.out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     for seed in seeds:
@@ -303,12 +319,12 @@ def main() -> None:
         if revision != CACHE_REVISION:
             single = {m[1] for m in METHODS if m[2] == "paper" or (len(m[3]) == 1 and m[3][0] not in scoring.MODEL_FREE)}
             done = {k: v for k, v in done.items() if k == BASELINE or k in single}
-        wanted = [m[1] for m in METHODS if m[0] in variants]
+        wanted = [m[1] for m in methods]
         if all(label in done for label in wanted) and BASELINE in done:
             per_seed[seed] = {k: done[k] for k in [BASELINE] + wanted}
         else:
             data = seed_data.get(seed) or synthesise(args.out, seed, args.test, args.severity, tuple(float(v) for v in args.snr.split(",")))
-            per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, variants, args.preset, args.epochs, done)
+            per_seed[seed] = evaluate_seed(data, args.out / "runs", seed, variants, args.preset, args.epochs, done, methods)
             with atomic_write(cache, "w") as f:  # a killed run must not leave a cut-off cache
                 f.write(json.dumps({"revision": CACHE_REVISION, **per_seed[seed]}))
             per_seed[seed] = {k: per_seed[seed][k] for k in [BASELINE] + wanted}

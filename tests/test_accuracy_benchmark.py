@@ -68,6 +68,13 @@ def test_every_row_names_a_trained_variant_and_valid_components():
         assert not version or version[0] in ("v1", "equal", "lw"), label
 
 
+def test_rows_option_keeps_the_default_and_the_matching_rows_of_the_variants_asked_for():
+    rows = acc.selected_methods(["multitask", "holdout25"], ["component acoustic (", "stats-holdout"])
+    assert [m[1] for m in rows] == [DEFAULT, "component acoustic (spectral+envelope, one Gaussian; no model)",
+                                    "default fusion, --stats-holdout 0.25", "component recon, --stats-holdout 0.25"]
+    assert acc.selected_methods(["multitask"], []) == [m for m in acc.METHODS if m[0] == "multitask"]
+
+
 def test_data_option_names_each_missing_dataset(tmp_path, monkeypatch, capsys):
     (tmp_path / "set1").mkdir()
     monkeypatch.setattr("sys.argv", ["accuracy.py", "--data", str(tmp_path / "set{seed}"), "--seeds", "1,2", "--out", str(tmp_path / "o")])

@@ -23,7 +23,7 @@ from .config import PRESETS, TASKS
 @click.option("--task", type=click.Choice(TASKS), help="multitask (paper), or the recon/classify ablations.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), help="Default auto: CUDA when present.")
 @click.option("--seed", type=int)
-@click.option("--stats-holdout", type=float, help="Fraction of each id's training normals kept out of training for scoring statistics (default 0.25; 0 = in-sample, warned).")
+@click.option("--stats-holdout", type=float, help="Fraction of each id's training normals kept out of training for scoring statistics (default: 0.5 with the small preset, 0.25 with paper and tiny; 0 = in-sample, warned).")
 @click.option("--scoring", type=click.Choice(SCORINGS), help="fusion (default: per-id, calibrated) or paper (2-D Mahalanobis per type).")
 @click.option("--components", help=f"Fusion components, comma-separated subset of {','.join(COMPONENTS)} (default {','.join(DEFAULT_COMPONENTS)}).")
 @click.option("--covariance", type=click.Choice(COVARIANCES),

@@ -84,7 +84,7 @@ PRESETS: dict[str, tuple[dict, dict]] = {
     # CPU demo: narrow ResNet, 2 s windows, a few epochs with several windows per clip.
     "small": (
         dict(residual_channels=32, skip_channels=64, dilations=(1, 2, 4, 8, 1, 2, 4, 8), resnet_width=16, window=64),
-        dict(epochs=12, windows_per_clip=4, weight_decay=1e-4, lr_schedule="cosine"),
+        dict(epochs=12, windows_per_clip=4, weight_decay=1e-4, lr_schedule="cosine", stats_holdout=0.5),
     ),
     # CI: seconds per epoch.
     "tiny": (
