@@ -12,6 +12,16 @@ os.environ.setdefault("MTAD_CACHE", str(Path(os.environ.get("PYTEST_TMPDIR", "/t
 SHARED_DATA = Path(os.environ.get("MTAD_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
+def benchmark_module(script: str, name: str):
+    """The script ``benchmarks/<script>`` loaded as module ``name`` (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def shared_data(sub: str) -> Path:
     path = SHARED_DATA / sub
     if not path.exists():

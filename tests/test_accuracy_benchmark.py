@@ -1,18 +1,15 @@
 """The accuracy benchmark's statistics (benchmarks/accuracy.py): paired verdicts, the summary
 over seeds and (seed, id) units, and the scoring variants it switches in and out."""
 
-import importlib.util
 
 import numpy as np
 import pytest
 
 from mtad.edge_runtime import scoring
 
-from .conftest import REPO
+from .conftest import benchmark_module
 
-_spec = importlib.util.spec_from_file_location("accuracy_benchmark", REPO / "benchmarks" / "accuracy.py")
-acc = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(acc)
+acc = benchmark_module("accuracy.py", "accuracy_benchmark")
 DEFAULT = acc.METHODS[0][1]
 
 

@@ -1,15 +1,12 @@
 """The fault-kind breakdown (benchmarks/fault_kinds.py): AUC per fault kind and the bound it prints."""
 
-import importlib.util
 
 import numpy as np
 import pytest
 
-from .conftest import REPO
+from .conftest import benchmark_module
 
-_spec = importlib.util.spec_from_file_location("fault_kinds_benchmark", REPO / "benchmarks" / "fault_kinds.py")
-fk = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(fk)
+fk = benchmark_module("fault_kinds.py", "fault_kinds_benchmark")
 
 
 def test_fault_aucs_compare_each_kind_with_the_same_machines_normals_only():

@@ -2,7 +2,6 @@
 set that mtad reads, reproducible clip by clip, with audible faults."""
 
 import csv
-import importlib.util
 import sys
 
 import numpy as np
@@ -10,11 +9,9 @@ import soundfile as sf
 
 from mtad.edge_runtime.dataset import scan_dataset
 
-from .conftest import REPO
+from .conftest import benchmark_module
 
-_spec = importlib.util.spec_from_file_location("independent_synth", REPO / "benchmarks" / "independent_synth.py")
-gen = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(gen)
+gen = benchmark_module("independent_synth.py", "independent_synth")
 
 
 def test_writes_a_set_mtad_reads_with_a_manifest_last(tmp_path, monkeypatch):
