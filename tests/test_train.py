@@ -159,3 +159,13 @@ def test_heldout_loss_is_real_and_early_stopping_needs_a_holdout(tiny_synth, tmp
     assert len(vals) == 2 and all(0 < v < 10 for v in vals) and result.best_epoch in (1, 2)
     with pytest.raises(ConfigError, match="stats-holdout"):
         train_run(tiny_synth, tmp_path / "in", load_config("tiny", epochs=1, early_stopping=1, stats_holdout=0.0), progress=False, log=lambda m: None)
+
+
+def test_in_sample_warning_only_where_a_model_output_is_scored(tiny_synth, tmp_path):
+    # --stats-holdout 0 puts the model's training clips into the model-based statistics; a
+    # model-free score is out of sample on every training normal either way, so it gets no warning
+    for components, warned in (("recon,acoustic", True), ("acoustic", False)):
+        logs = []
+        train_run(tiny_synth, tmp_path / components, load_config("tiny", epochs=1, stats_holdout=0.0, components=components),
+                  progress=False, log=logs.append)
+        assert any("in-sample" in m for m in logs) == warned, logs
