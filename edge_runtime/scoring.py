@@ -69,6 +69,11 @@ def needs_audio(components) -> bool:
     return any(c in NEEDS_AUDIO for c in components)
 
 
+def needs_model(scoring: str, components) -> bool:
+    """Whether a score by ``scoring`` over fusion ``components`` reads any of the network's outputs."""
+    return scoring != "fusion" or not all(c in MODEL_FREE for c in components)
+
+
 def uses_mse(machine_type: str) -> bool:
     return machine_type in MSE_TYPES
 
@@ -341,7 +346,7 @@ class ScoringStats:
     @property
     def needs_model(self) -> bool:
         """Whether any score needs the network's outputs; a model-free bundle is scored from the audio alone."""
-        return self.scoring != "fusion" or not all(c in MODEL_FREE for c in self.components)
+        return needs_model(self.scoring, self.components)
 
     @property
     def needs_envelope(self) -> bool:
