@@ -26,7 +26,8 @@ def test_summary_over_seeds_and_units_by_hand():
         0: {acc.BASELINE: [0.6, 0.6, 0.6, 0.6], DEFAULT: [0.8, 0.8, 0.6, 0.7]},
         1: {acc.BASELINE: [0.6, 0.6, 0.6, 0.7], DEFAULT: [0.9, 0.7, 0.5, 0.5]},
     }
-    per_seed = {s: {meth: {m: (a, a, None if meth == acc.BASELINE else 0.1) for m, a in zip(machines, v)} for meth, v in d.items()}
+    fars = {0: [0.1, 0.2, 0.06, 0.0], 1: [0.12, 0.1, 0.3, 0.04]}  # the default's false-alarm rate per machine
+    per_seed = {s: {meth: {m: (a, a, None if meth == acc.BASELINE else f) for m, a, f in zip(machines, v, fars[s])} for meth, v in d.items()}
                 for s, d in aucs.items()}
     summary = acc.summarise(per_seed)
     mean = summary["table"][DEFAULT]["mean"]
@@ -35,12 +36,17 @@ def test_summary_over_seeds_and_units_by_hand():
     assert mean["diff"] == pytest.approx(0.075) and mean["diff_se"] == pytest.approx(0.05)
     units = np.array([0.2, 0.2, 0.0, 0.1, 0.3, 0.1, -0.1, -0.2])  # default - baseline per (seed, id)
     assert mean["diff_units_se"] == pytest.approx(units.std(ddof=1) / np.sqrt(8))
-    assert mean["far"] == pytest.approx(0.1) and summary["table"][acc.BASELINE]["mean"]["far"] is None
+    assert mean["far"] == pytest.approx(0.115) and summary["table"][acc.BASELINE]["mean"]["far"] is None
+    # distances from the 0.1 target: 0, .1, .04, .1, .02, 0, .2, .06 -> 4 of 8 within 0.05
+    assert mean["far_within"] == pytest.approx(0.5) and mean["far_distance"] == pytest.approx(0.065)
+    assert mean["far_worst"] == pytest.approx(0.3) and mean["far_sd"] == pytest.approx(np.std(fars[0] + fars[1], ddof=1))
+    assert summary["table"][acc.BASELINE]["mean"]["far_within"] is None
     b = summary["table"][DEFAULT]["b"]
     assert b["auc"] == pytest.approx(0.575) and b["diff"] == pytest.approx(-0.05)
     assert b["diff_se"] == pytest.approx(np.std([0.0, 0.1, -0.1, -0.2], ddof=1) / 2)
     text = acc.render(summary)
     assert "b -0.050 +- 0.065" in text and "below the baseline under the default: none" in text
+    assert "| 0.115 | 50 % |" in text and "within +-0.05 of 0.1 for 50 %, mean distance 0.065" in text and "worst 0.30" in text
 
 
 def test_scoring_variants_are_switched_back():
