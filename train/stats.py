@@ -27,7 +27,6 @@ from mtad.edge_runtime.scoring import (
     embed_centre_and_loo,
     error_vector,
     mahalanobis,
-    needs_model,
     pooled_calibration,
     prediction_threshold,
     task_components,
@@ -198,7 +197,7 @@ def fit_scoring_stats(
     by_machine: dict[str, list[ClipEvidence]] = defaultdict(list)
     for m, ev in held:
         by_machine[m].append(ev)
-    if not needs_model("fusion", components):
+    if not st.needs_model:
         # No model output is scored, so the clips the model trained on are as unseen to these
         # statistics as the held-out ones: every training normal gets an out-of-sample score, and a
         # threshold from 40 such scores an id instead of 10 varies far less from id to id.
