@@ -98,7 +98,7 @@ def evaluate_seed(out: Path, seed: int, n_test: int, severity: float, snr: tuple
     test_store = load_features(index.select("test"), progress=False)
     score = variant_scorer(data, out / "runs", seed, "multitask", preset, None, train_store, test_store)
     for label, comps in ROWS:
-        scores = score("fusion", comps, None)
+        scores, _ = score("fusion", comps, None)
         result["rows"][label] = fault_aucs([s.machine for s in scores], [s.label for s in scores],
                                            [faults[s.path][0] for s in scores], [s.score for s in scores])
     return result

@@ -4,6 +4,7 @@ over seeds and (seed, id) units, and the scoring variants it switches in and out
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from mtad.edge_runtime import scoring
 
@@ -85,3 +86,37 @@ def test_data_option_names_each_missing_dataset(tmp_path, monkeypatch, capsys):
         acc.main()
     assert exc.value.code == 2 and f"no such directory: {tmp_path / 'set2'}" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # refused before anything is written
+
+
+def test_expected_share_within_matches_a_simulation_of_exchangeable_scores():
+    """Per-id conformal thresholds from n exchangeable calibration scores, judged on 50 test normals:
+    the beta-binomial share equals a direct simulation, and it grows with n toward the binomial limit."""
+    rng = np.random.default_rng(0)
+    for n in (10, 20, 40):
+        k = scoring.conformal_rank(n, 0.1)
+        draws = rng.standard_normal((20000, n + 50))  # any continuous distribution: the result is distribution-free
+        thresholds = np.sort(draws[:, :n], axis=1)[:, k - 1]
+        rate = (draws[:, n:] > thresholds[:, None]).mean(axis=1)
+        simulated = np.mean(np.abs(rate - 0.1) <= 0.05 + 1e-9)
+        assert acc.expected_far_within(n, 50) == pytest.approx(simulated, abs=0.01), n
+    assert acc.expected_far_within(20, 50) == pytest.approx(0.4751, abs=1e-4)
+    known = stats.binom.cdf(7, 50, 0.1) - stats.binom.cdf(2, 50, 0.1)  # 3..7 false alarms of 50: the threshold known exactly
+    assert acc.expected_far_within(100_000, 50) == pytest.approx(known, abs=2e-3) and known == pytest.approx(0.766, abs=1e-3)
+    assert acc.expected_far_within(5, 50) is None  # no conformal rank for 5 clips at 0.1
+
+
+def test_per_machine_records_the_expected_share_and_the_summary_averages_it():
+    from types import SimpleNamespace
+
+    rows = [SimpleNamespace(machine=m, label=lab, score=float(i), anomaly=bool(i % 7 == 0))
+            for m in ("a/id_00", "b/id_00") for i, lab in enumerate([0] * 50 + [1] * 50)]
+    out = acc.per_machine(rows, {"a/id_00": 20, "b/id_00": 40})
+    assert out["a/id_00"][3] == pytest.approx(acc.expected_far_within(20, 50))
+    assert out["b/id_00"][3] == pytest.approx(acc.expected_far_within(40, 50))
+    assert out["a/id_00"][2] == pytest.approx(8 / 50)  # normals 0, 7, ..., 49 alarm
+    assert acc.per_machine(rows)["a/id_00"][3] is None  # no counts (the paper's gamma thresholds)
+    base = {m: (0.6, 0.6, None) for m in out}
+    summary = acc.summarise({0: {acc.BASELINE: base, DEFAULT: out}})
+    assert summary["table"][DEFAULT]["mean"]["far_within_expected"] == pytest.approx(np.mean([out[m][3] for m in out]))
+    expected = np.mean([out[m][3] for m in out])  # 0.475 and 0.576
+    assert f"| {100 * expected:.0f} % |" in acc.render(summary) and f"calibration clips if the scores were exchangeable: {100 * expected:.0f} %" in acc.render(summary)
