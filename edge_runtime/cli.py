@@ -264,6 +264,7 @@ def enroll(bundle_dir, machine, segment_seconds, mic, minutes, device_index, rec
     and writes them as a new revision of the bundle; `mtad-edge rollback` restores the previous one.
     """
     from .enroll import enroll as enroll_machine
+    from .scoring import describe_threshold_ranges
 
     log = lambda m: click.echo(m, err=True)  # noqa: E731
     if mic == bool(paths):
@@ -283,6 +284,7 @@ def enroll(bundle_dir, machine, segment_seconds, mic, minutes, device_index, rec
     r = enroll_machine(bundle_dir, machine, files, segment_seconds, log=log)
     click.echo(f"enrolled {r.machine} from {r.n_clips} clip(s) ({r.seconds:.0f} s of audio) with {', '.join(r.components)}: "
                f"threshold {r.threshold:.3f}; bundle revision {r.revision} (mtad-edge rollback undoes it)")
+    log(describe_threshold_ranges({r.machine: r.n_clips}, r.false_alarm_rate))
 
 
 @main.command()

@@ -63,6 +63,7 @@ class EnrollResult:
     revision: int
     components: tuple[str, ...]
     warnings: list[str] = field(default_factory=list)
+    false_alarm_rate: float = 0.1  # the bundle's target, which the threshold aims at
 
 
 # Fewest enrollment clips accepted (160 s of 10 s segments). A centre estimated from n clips
@@ -187,7 +188,8 @@ def _enroll(bundle_dir, machine, paths, segment_seconds, log) -> EnrollResult:
     revision = write_revision(bundle, new_stats, record, reference)
     for w in warnings:
         log(w)
-    return EnrollResult(machine, len(evidence), seconds, new_stats.thresholds[machine], revision, tuple(stats.components), warnings)
+    return EnrollResult(machine, len(evidence), seconds, new_stats.thresholds[machine], revision, tuple(stats.components), warnings,
+                        stats.false_alarm_rate)
 
 
 def reference_clips(bundle: Bundle, machine: str, clips: list[np.ndarray], min_samples: int) -> dict:

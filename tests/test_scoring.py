@@ -3,6 +3,7 @@ import pytest
 from scipy.spatial.distance import mahalanobis as scipy_mahalanobis
 from sklearn.metrics import roc_auc_score
 
+from mtad.edge_runtime import scoring
 from mtad.edge_runtime.features import Normalization
 from mtad.edge_runtime.errors import DatasetError
 from mtad.edge_runtime.envelope import envelope_dim
@@ -437,3 +438,34 @@ def test_heldout_refits_keep_the_full_fits_covariance_rule(rng):
     assert out["fan/id_00"][0] == pytest.approx(mahalanobis(vectors["fan/id_00"][0], g.centres["fan/id_00"], g.precision))
     with pytest.raises(ValueError, match="needs another row"):
         heldout_distances({"fan/id_00": vectors["fan/id_00"][:1], "fan/id_02": vectors["fan/id_02"]}, {}, "ledoit-wolf")
+
+
+def test_threshold_far_range_is_the_spread_of_conformal_thresholds_over_ids():
+    """The false-alarm rate a conformal threshold from n normals gives new normals, over many ids:
+    its central 80 % equals the Beta(n + 1 - k, k) range, whatever the scores' distribution."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(1)
+    for n in (10, 20, 40):
+        k = scoring.conformal_rank(n, 0.1)
+        thresholds = np.sort(rng.standard_normal((40000, n)), axis=1)[:, k - 1]
+        true_rate = norm.sf(thresholds)  # each simulated id's rate on new normals
+        lo, hi = scoring.threshold_far_range(n, 0.1)
+        assert np.quantile(true_rate, [0.1, 0.9]) == pytest.approx([lo, hi], abs=0.004), n
+    assert scoring.threshold_far_range(20, 0.1) == pytest.approx((0.0269, 0.1810), abs=1e-4)
+    assert scoring.threshold_far_range(8, 0.1) is None  # no conformal rank: the Gaussian fallback promises no range
+
+
+def test_clips_for_far_range_is_where_the_range_stays_within_the_tolerance():
+    need = scoring.clips_for_far_range(0.1)
+    assert need == 69
+    for n in range(need, 400):
+        lo, hi = scoring.threshold_far_range(n, 0.1)
+        assert 0.05 - 1e-9 <= lo and hi <= 0.15 + 1e-9, n
+    lo, hi = scoring.threshold_far_range(need - 1, 0.1)
+    assert lo < 0.05 or hi > 0.15  # 68 misses (the conformal rank rounds)
+    assert scoring.clips_for_far_range(0.1, tolerance=0.001, limit=500) is None
+    text = scoring.describe_threshold_ranges({"fan/id_00": 20, "fan/id_02": 40}, 0.1)
+    assert "from 20-40 out-of-sample normals an id" in text and "0.03-0.18 (20 normals) to 0.04-0.16 (40 normals)" in text
+    assert text.endswith("about 69 an id keep it within +-0.05")
+    assert scoring.describe_threshold_ranges({"fan/id_00": 200}, 0.1).endswith("lies in 0.07-0.13 (target 0.1)")

@@ -169,3 +169,8 @@ def test_in_sample_warning_only_where_a_model_output_is_scored(tiny_synth, tmp_p
         train_run(tiny_synth, tmp_path / components, load_config("tiny", epochs=1, stats_holdout=0.0, components=components),
                   progress=False, log=logs.append)
         assert any("in-sample" in m for m in logs) == warned, logs
+        # out of sample (model-free): all 8 training normals of each id set its threshold, and the log says how far that may miss
+        ranges = [m for m in logs if m.startswith("thresholds from")]
+        assert ranges == ([] if warned else ["thresholds from 8 out-of-sample normals an id: for 8 ids in 10 the false-alarm rate on new "
+                                             "normals lies in an unknown range (8 normals: too few for a distribution-free threshold) "
+                                             "(target 0.1); about 69 an id keep it within +-0.05"]), logs

@@ -18,7 +18,7 @@ from mtad.edge_runtime.atomic import atomic_path, atomic_write
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.errors import ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig, fit_normalization
-from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, conformal_rank, needs_audio, needs_model
+from mtad.edge_runtime.scoring import ClipEvidence, ScoringStats, conformal_rank, describe_threshold_ranges, needs_audio, needs_model
 from mtad.edge_runtime.windows import clip_outputs
 
 from . import distributed
@@ -184,7 +184,8 @@ def stats_inputs(runner, store: FeatureStore, train_idx: list[int], stats_idx: l
 
 def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, tcfg, class_map, progress=False, log=print) -> ScoringStats:
     """Scoring statistics and thresholds of a run, fitted on :func:`stats_inputs`."""
-    if set(train_idx) & set(stats_idx) and needs_model(tcfg.scoring, tcfg.fusion_components):
+    in_sample = bool(set(train_idx) & set(stats_idx)) and needs_model(tcfg.scoring, tcfg.fusion_components)
+    if in_sample:
         # a model-free score is out of sample on every training normal anyway (fit_scoring_stats)
         log("warning: --stats-holdout 0: scoring statistics and thresholds are fitted on the clips the model trained on "
             "(in-sample); expect more false alarms than the target rate")
@@ -196,6 +197,8 @@ def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: 
     if few and tcfg.scoring != "paper":
         log(f"note: {len(few)} id(s) ({', '.join(few[:3])}{', ...' if len(few) > 3 else ''}) have too few held-out normals for a "
             f"distribution-free threshold at false-alarm rate {tcfg.false_alarm_rate}; their thresholds assume Gaussian scores")
+    if tcfg.scoring != "paper" and not in_sample:  # the paper's gamma-fit thresholds promise no rate
+        log(describe_threshold_ranges({m: len(v) for m, v in finals.items()}, tcfg.false_alarm_rate))
     return stats
 
 
