@@ -62,6 +62,10 @@ MIN_CALIBRATION_CLIPS = 4  # normals per id needed to standardise scores and set
 # enrollment report it (threshold_far_range): the central 80 % of ids, judged against +-0.05.
 THRESHOLD_RANGE_COVERAGE = 0.8
 THRESHOLD_RANGE_TOLERANCE = 0.05
+# mtad-eval calls a machine's measured false-alarm rate unexplained outside this central range of
+# what its threshold's clip count and its test normals allow (false_alarm_rate_range): with 18
+# machines, 99 % flags one by chance in about 1 report of 6.
+FALSE_ALARM_CHECK_COVERAGE = 0.99
 
 
 def component_weight(component: str) -> float:
@@ -239,6 +243,23 @@ def threshold_far_range(n: int, false_alarm_rate: float, coverage: float = THRES
     tail = (1 - coverage) / 2
     lo, hi = beta.ppf([tail, 1 - tail], n + 1 - k, k)
     return float(lo), float(hi)
+
+
+def false_alarm_rate_range(n_calibration: int, n_normal: int, false_alarm_rate: float,
+                           coverage: float = FALSE_ALARM_CHECK_COVERAGE) -> tuple[float, float] | None:
+    """The central ``coverage`` range of the false-alarm rate *measured* on ``n_normal`` new normals
+    at a conformal threshold from ``n_calibration`` out-of-sample normals, if all are exchangeable
+    (the threshold's own spread, :func:`threshold_far_range`, and the test's binomial noise: the
+    count is beta-binomial). A measured rate outside it is not sampling noise: the new normals do
+    not sound like the ones that set the threshold. None where there is no conformal rank."""
+    from scipy.stats import betabinom
+
+    k = conformal_rank(n_calibration, false_alarm_rate)
+    if k is None or n_normal < 1:
+        return None
+    tail = (1 - coverage) / 2
+    lo, hi = betabinom.ppf([tail, 1 - tail], n_normal, n_calibration + 1 - k, k)
+    return float(lo) / n_normal, float(hi) / n_normal
 
 
 def clips_for_far_range(false_alarm_rate: float, tolerance: float = THRESHOLD_RANGE_TOLERANCE,

@@ -54,9 +54,16 @@ def test_refit_and_compare(tiny_run, tiny_synth, tmp_path):
 
     a, b = ScoringStats.load(run / "stats.npz"), ScoringStats.load(tiny_run / "stats.npz")
     assert a.thresholds == pytest.approx(b.thresholds) and a.components == b.components
+    # how many out-of-sample normals set each threshold is recorded with the split: 4 held out of 8 an id
+    from mtad.train.trainer import read_threshold_clips
+
+    assert read_threshold_clips(tiny_run) == read_threshold_clips(run) == {m: 4 for m in b.class_map}
+    res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--refit", "--components", "acoustic", "--quiet"])
+    assert res.exit_code == 0 and read_threshold_clips(run) == {m: 8 for m in b.class_map}, res.output  # model-free: all 8
     # the paper's scoring is one flag away, and other hold-out fractions are refused (training clips would leak in)
     res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--refit", "--scoring", "paper", "--quiet"])
     assert res.exit_code == 0 and "paper scoring" in res.output, res.output
+    assert read_threshold_clips(run) == {}  # gamma-fit thresholds promise no rate
     res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--refit", "--stats-holdout", "0.5", "--quiet"])
     assert res.exit_code == 1 and "held out 0.25" in res.output
     res = CliRunner().invoke(eval_main, ["--run", str(run), "--data", str(tiny_synth), "--scoring", "paper", "--quiet"])

@@ -19,7 +19,7 @@ from mtad.edge_runtime.scoring import (
     spectral_dim,
     spectral_vector,
 )
-from mtad.train.evaluate import ClipScore, compute_metrics
+from mtad.train.evaluate import ClipScore, compute_metrics, format_tables
 from mtad.train.stats import (
     CROSS_FIT_FOLDS,
     FACTORS,
@@ -469,3 +469,32 @@ def test_clips_for_far_range_is_where_the_range_stays_within_the_tolerance():
     assert "from 20-40 out-of-sample normals an id" in text and "0.03-0.18 (20 normals) to 0.04-0.16 (40 normals)" in text
     assert text.endswith("about 69 an id keep it within +-0.05")
     assert scoring.describe_threshold_ranges({"fan/id_00": 200}, 0.1).endswith("lies in 0.07-0.13 (target 0.1)")
+
+
+def test_false_alarm_rate_range_is_the_chance_spread_of_a_measured_rate():
+    """Thresholds from 20 exchangeable normals, judged on 50 more: the measured rate's central 99 %
+    is the beta-binomial range (simulated here), and a machine beyond it is reported."""
+    rng = np.random.default_rng(2)
+    k = scoring.conformal_rank(20, 0.1)
+    draws = rng.standard_normal((100000, 70))
+    rate = (draws[:, 20:] > np.sort(draws[:, :20], axis=1)[:, k - 1 : k]).mean(axis=1)
+    lo, hi = scoring.false_alarm_rate_range(20, 50, 0.1)
+    assert (lo, hi) == pytest.approx((0.0, 0.36))
+    assert np.mean(rate > hi) < 0.005 + 0.001 and np.mean(rate >= hi - 0.02) > 0.005  # hi is the 99.5 % point, to one count
+    assert scoring.false_alarm_rate_range(4, 50, 0.1) is None  # no conformal rank: no range
+
+    def machine(name, flagged):  # 50 normals (the first `flagged` above the threshold 1.0), 10 anomalies
+        return [ClipScore(f"{name}{i}", name, 0, 2.0 if i < flagged else 0.0, 1.0) for i in range(50)] + \
+               [ClipScore(f"{name}a{i}", name, 1, 3.0, 1.0) for i in range(10)]
+
+    scores = machine("fan/id_00", 5) + machine("fan/id_02", 30)
+    m = compute_metrics(scores, threshold_clips={"fan/id_00": 20, "fan/id_02": 20}, false_alarm_rate=0.1)
+    ok, shifted = m["machines"]
+    assert ok["false_alarm_explained"] and ok["threshold_clips"] == 20 and ok["false_alarm_chance_range"] == pytest.approx([0.0, 0.36])
+    assert not shifted["false_alarm_explained"] and shifted["false_alarm_rate"] == pytest.approx(0.6)
+    assert m["mean"]["false_alarm_unexplained"] == ["fan/id_02"]
+    text = format_tables(m)
+    assert "fan/id_02: false-alarm rate 0.60 on 50 normals is beyond the 0.00-0.36 that chance gives a threshold from 20 normals" in text
+    assert "fan/id_00: false-alarm rate" not in text
+    plain = compute_metrics(scores)  # no clip counts (older runs, the paper's scoring): nothing claimed
+    assert "false_alarm_explained" not in plain["machines"][0] and plain["mean"]["false_alarm_unexplained"] is None

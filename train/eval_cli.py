@@ -42,7 +42,7 @@ def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, sco
         click.echo(f"refitted scoring statistics and thresholds -> {Path(run_dir) / 'stats.npz'}", err=True)
     index = scan_dataset(data)
     scores, failed = score_split(run, index, progress=not quiet)
-    metrics = compute_metrics(scores, failed)
+    metrics = compute_metrics(scores, failed, run.threshold_clips, run.stats.false_alarm_rate)
     click.echo(format_tables(metrics, f"run {run_dir} ({run.task}, {run.stats.scoring} scoring) on {data}", run.stats.false_alarm_rate))
     if plots_dir:
         for p in write_plots(scores, metrics, plots_dir):
@@ -62,7 +62,7 @@ def main(run_dir, data, json_path, plots_dir, compare, refit, stats_holdout, sco
         for other in compare:
             o = load_run(other)
             s, f = score_split(o, index, progress=not quiet)
-            named.append((Path(other).name, compute_metrics(s, f)))
+            named.append((Path(other).name, compute_metrics(s, f, o.threshold_clips, o.stats.false_alarm_rate)))
         if base:
             named.append(("simple baseline", base))
         click.echo("\nAUC/pAUC per type\n" + format_comparison(named))

@@ -15,13 +15,13 @@ from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import DatasetIndex, scan_dataset
 from mtad.edge_runtime.errors import BundleError, ConfigError, DatasetError
 from mtad.edge_runtime.features import FeatureConfig
-from mtad.edge_runtime.scoring import COVARIANCES, ScoringStats
+from mtad.edge_runtime.scoring import COVARIANCES, FALSE_ALARM_CHECK_COVERAGE, ScoringStats, false_alarm_rate_range
 
 from .checkpoint import load_checkpoint, model_from_checkpoint, norms_from_checkpoint
 from .feature_cache import load_features
 from .model import ModelConfig
 from .reference import TorchRunner
-from .trainer import STATS, compute_outputs, fit_run_stats, split_holdout
+from .trainer import STATS, compute_outputs, fit_run_stats, read_threshold_clips, record_threshold_clips, split_holdout
 
 
 
@@ -31,6 +31,7 @@ class LoadedRun:
     ckpt: dict
     model_cfg: ModelConfig
     stats: ScoringStats | None
+    threshold_clips: dict[str, int] = field(default_factory=dict)  # out-of-sample normals behind each threshold
 
     @property
     def task(self) -> str:
@@ -47,14 +48,14 @@ def load_run(run_dir: str | Path, require_stats: bool = True) -> LoadedRun:
     if FeatureConfig.from_dict(ckpt["feature_config"]) != FeatureConfig():
         raise ConfigError(f"{run_dir}: trained with other feature settings than this mtad version uses")
     if not require_stats:  # a refit replaces them; stale statistics from an older mtad must not stop it
-        return LoadedRun(run_dir, ckpt, ModelConfig.from_dict(ckpt["config"]["model"]), None)
+        return LoadedRun(run_dir, ckpt, ModelConfig.from_dict(ckpt["config"]["model"]), None, read_threshold_clips(run_dir))
     if not (run_dir / STATS).exists():
         raise ConfigError(f"{run_dir}: no {STATS}; run mtad-eval --refit to fit scoring statistics")
     try:
         stats = ScoringStats.load(run_dir / STATS, n_mels=FeatureConfig().n_mels)
     except BundleError as exc:
         raise ConfigError(f"{exc} (statistics from another mtad version?); run mtad-eval --refit to fit them again") from None
-    return LoadedRun(run_dir, ckpt, ModelConfig.from_dict(ckpt["config"]["model"]), stats)
+    return LoadedRun(run_dir, ckpt, ModelConfig.from_dict(ckpt["config"]["model"]), stats, read_threshold_clips(run_dir))
 
 
 @dataclass
@@ -111,10 +112,11 @@ def refit_stats(run: LoadedRun, data: str | Path, holdout: float | None = None, 
     index = scan_dataset(data)
     store = load_features(index.select("train", label=0), progress=progress)
     train_idx, stats_idx = split_holdout(store, tcfg.stats_holdout, tcfg.seed)
-    stats = fit_run_stats(run.runner(), store, train_idx, stats_idx, norms_from_checkpoint(run.ckpt), run.model_cfg, tcfg,
-                          run.ckpt["class_map"], progress, log)
+    stats, threshold_clips = fit_run_stats(run.runner(), store, train_idx, stats_idx, norms_from_checkpoint(run.ckpt), run.model_cfg, tcfg,
+                                           run.ckpt["class_map"], progress, log)
     stats.save(run.run_dir / STATS)
-    run.stats = stats
+    record_threshold_clips(run.run_dir, threshold_clips)
+    run.stats, run.threshold_clips = stats, threshold_clips
     return stats
 
 
@@ -141,10 +143,15 @@ def score_split(run: LoadedRun, index: DatasetIndex, runner=None, split: str = "
     return score_outputs(run.stats, store.clips, outputs), dict(store.failed)
 
 
-def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = None) -> dict:
+def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = None, threshold_clips: dict[str, int] | None = None,
+                    false_alarm_rate: float | None = None) -> dict:
     """The JSON report: per machine AUC/pAUC and decision quality, per type and overall means.
 
-    The overall mean is the mean of the per-type means (each machine type weighs the same).
+    The overall mean is the mean of the per-type means (each machine type weighs the same). With
+    ``threshold_clips`` (out-of-sample normals behind each id's threshold) and the target
+    ``false_alarm_rate``, each machine also gets the range its measured rate falls in by chance
+    (:func:`false_alarm_rate_range`) and whether it does: a rate beyond it means the test normals
+    do not sound like the normals that set the threshold.
     """
     by_machine: dict[str, list[ClipScore]] = defaultdict(list)
     for s in scores:
@@ -167,6 +174,11 @@ def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = Non
                   "tn": int(((pred == 0) & (y == 0)).sum()), "fn": int(((pred == 0) & (y == 1)).sum())}
         far = counts["fp"] / (counts["fp"] + counts["tn"]) if counts["fp"] + counts["tn"] else None
         entry.update(precision=float(p), recall=float(r), f1=float(f1), threshold=float(rows[0].threshold), false_alarm_rate=far, **counts)
+        n_cal = (threshold_clips or {}).get(machine)
+        chance = false_alarm_rate_range(n_cal, entry["n_normal"], false_alarm_rate) if n_cal and false_alarm_rate and far is not None else None
+        if chance is not None:
+            entry.update(threshold_clips=n_cal, false_alarm_chance_range=list(chance),
+                         false_alarm_explained=bool(chance[0] - 1e-9 <= far <= chance[1] + 1e-9))
         if rows[0].components:
             entry["component_auc"] = {c: float(roc_auc_score(y, [q.components[c] for q in rows])) for c in rows[0].components
                                       if len(set(y.tolist())) == 2 and all(np.isfinite(q.components[c]) for q in rows)}
@@ -179,6 +191,8 @@ def compute_metrics(scores: list[ClipScore], failed: dict[str, str] | None = Non
     mean = {k: float(np.mean([t[k] for t in types.values()])) if types else None for k in ("auc", "pauc")}
     fars = [m["false_alarm_rate"] for m in machines if m["false_alarm_rate"] is not None]
     mean["false_alarm_rate"] = float(np.mean(fars)) if fars else None
+    checked = [m for m in machines if "false_alarm_explained" in m]
+    mean["false_alarm_unexplained"] = [f"{m['machine_type']}/{m['machine_id']}" for m in checked if not m["false_alarm_explained"]] if checked else None
     excluded = [{"path": p, "reason": why} for p, why in sorted((failed or {}).items())]
     return {"machines": machines, "types": types, "mean": mean, "n_scored": len(scores), "n_excluded": len(excluded), "excluded": excluded}
 
@@ -203,6 +217,17 @@ def format_tables(metrics: dict, title: str = "", target_false_alarm_rate: float
     if metrics["mean"].get("false_alarm_rate") is not None:
         target = f" (target {target_false_alarm_rate:g})" if target_false_alarm_rate is not None else ""
         lines.append(f"false-alarm rate at the thresholds{target}: mean {metrics['mean']['false_alarm_rate']:.3f} over machines")
+    checked = [m for m in metrics["machines"] if "false_alarm_explained" in m]
+    for m in checked:
+        if not m["false_alarm_explained"]:
+            lo, hi = m["false_alarm_chance_range"]
+            lines.append(f"{m['machine_type']}/{m['machine_id']}: false-alarm rate {m['false_alarm_rate']:.2f} on {m['n_normal']} normals is beyond the "
+                         f"{lo:.2f}-{hi:.2f} that chance gives a threshold from {m['threshold_clips']} normals "
+                         f"({100 * FALSE_ALARM_CHECK_COVERAGE:g} %): these normals do not sound like the ones that set it "
+                         f"(another recording setup, gain or machine state?)")
+    if checked and all(m["false_alarm_explained"] for m in checked):
+        lines.append(f"every machine's false-alarm rate is within what chance gives its threshold's clip count "
+                     f"({100 * FALSE_ALARM_CHECK_COVERAGE:g} % range)")
     if metrics["n_excluded"]:
         lines.append(f"\nexcluded {metrics['n_excluded']} unreadable clip(s) (not scored):")
         lines += [f"  {e['path']}: {e['reason']}" for e in metrics["excluded"][:10]]
@@ -288,5 +313,5 @@ def write_plots(scores: list[ClipScore], metrics: dict, out_dir: Path) -> list[P
 def evaluate(run_dir: str | Path, data: str | Path, progress: bool = True) -> tuple[dict, list[ClipScore]]:
     run = load_run(run_dir)
     scores, failed = score_split(run, scan_dataset(data), progress=progress)
-    return compute_metrics(scores, failed), scores
+    return compute_metrics(scores, failed, run.threshold_clips, run.stats.false_alarm_rate), scores
 

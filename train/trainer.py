@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import math
 from collections import defaultdict
 import time
@@ -182,8 +183,11 @@ def stats_inputs(runner, store: FeatureStore, train_idx: list[int], stats_idx: l
     return held, extra
 
 
-def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, tcfg, class_map, progress=False, log=print) -> ScoringStats:
-    """Scoring statistics and thresholds of a run, fitted on :func:`stats_inputs`."""
+def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: list[int], norms, model_cfg, tcfg, class_map, progress=False,
+                  log=print) -> tuple[ScoringStats, dict[str, int]]:
+    """Scoring statistics and thresholds of a run, fitted on :func:`stats_inputs`, and how many
+    out-of-sample normal scores set each id's threshold (none for in-sample fits and the paper's
+    gamma-fit thresholds, which promise no rate)."""
     in_sample = bool(set(train_idx) & set(stats_idx)) and needs_model(tcfg.scoring, tcfg.fusion_components)
     if in_sample:
         # a model-free score is out of sample on every training normal anyway (fit_scoring_stats)
@@ -197,20 +201,42 @@ def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: 
     if few and tcfg.scoring != "paper":
         log(f"note: {len(few)} id(s) ({', '.join(few[:3])}{', ...' if len(few) > 3 else ''}) have too few held-out normals for a "
             f"distribution-free threshold at false-alarm rate {tcfg.false_alarm_rate}; their thresholds assume Gaussian scores")
-    if tcfg.scoring != "paper" and not in_sample:  # the paper's gamma-fit thresholds promise no rate
-        log(describe_threshold_ranges({m: len(v) for m, v in finals.items()}, tcfg.false_alarm_rate))
-    return stats
+    counts = {} if tcfg.scoring == "paper" or in_sample else {m: len(v) for m, v in finals.items()}
+    if counts:
+        log(describe_threshold_ranges(counts, tcfg.false_alarm_rate))
+    return stats, counts
 
 
-def write_split(run_dir: Path, store: FeatureStore, stats_idx: list[int], fraction: float, seed: int) -> None:
-    """Record which training clips the statistics came from (names relative to the data root)."""
-    import json
-
+def write_split(run_dir: Path, store: FeatureStore, stats_idx: list[int], fraction: float, seed: int,
+                threshold_clips: dict[str, int] | None = None) -> None:
+    """Record which training clips the statistics came from (names relative to the data root),
+    and how many out-of-sample normal scores set each threshold (:func:`fit_run_stats`)."""
     held = defaultdict(list)
     for i in stats_idx:
         held[store.clips[i].machine].append(Path(store.clips[i].path).name)
     with atomic_write(run_dir / SPLIT, "w") as f:
-        f.write(json.dumps({"stats_holdout": fraction, "seed": seed, "held_out": dict(sorted(held.items()))}, indent=1))
+        f.write(json.dumps({"stats_holdout": fraction, "seed": seed, "held_out": dict(sorted(held.items())),
+                            "threshold_clips": dict(sorted((threshold_clips or {}).items()))}, indent=1))
+
+
+def record_threshold_clips(run_dir: Path, threshold_clips: dict[str, int]) -> None:
+    """Replace the split record's threshold clip counts (a refit may score other components)."""
+    path = run_dir / SPLIT
+    split = json.loads(path.read_text()) if path.exists() else {}
+    split["threshold_clips"] = dict(sorted(threshold_clips.items()))
+    with atomic_write(path, "w") as f:
+        f.write(json.dumps(split, indent=1))
+
+
+def read_threshold_clips(run_dir: Path) -> dict[str, int]:
+    """How many out-of-sample normals set each id's threshold, as the run recorded it (empty for
+    runs made before mtad recorded it, in-sample fits and the paper's scoring)."""
+    path = run_dir / SPLIT
+    try:
+        counts = json.loads(path.read_text()).get("threshold_clips") or {}
+        return {str(m): int(n) for m, n in counts.items()}
+    except (OSError, ValueError, AttributeError, TypeError):  # missing or damaged: the report just says less
+        return {}
 
 
 class _LossModule(torch.nn.Module):
@@ -394,8 +420,8 @@ def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx:
         return TrainResult(out, history, None, len(train_idx), len(stats_idx), store.failed, time.time() - t_start, stopper.best_epoch if stopper else None)
     plot_losses(out, history)
 
-    stats = fit_run_stats(TorchRunner(model, device), store, train_idx, stats_idx, norms, mcfg, tcfg, class_map, progress, log)
+    stats, threshold_clips = fit_run_stats(TorchRunner(model, device), store, train_idx, stats_idx, norms, mcfg, tcfg, class_map, progress, log)
     stats.save(out / STATS)
-    write_split(out, store, stats_idx, tcfg.stats_holdout, tcfg.seed)
+    write_split(out, store, stats_idx, tcfg.stats_holdout, tcfg.seed, threshold_clips)
     return TrainResult(out, history, stats, len(train_idx), len(stats_idx), store.failed, time.time() - t_start, stopper.best_epoch if stopper else None)
 
