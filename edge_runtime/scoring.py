@@ -232,8 +232,8 @@ def threshold_far_range(n: int, false_alarm_rate: float, coverage: float = THRES
 
     The threshold is itself drawn from its ``n`` scores: the share of new normals above the k-th
     smallest of ``n`` exchangeable scores is Beta(n + 1 - k, k) distributed, whatever the scores'
-    distribution. Its mean is the target (about); its spread is why one id's rate differs from
-    another's. At 0.1: 20 scores give 0.03-0.18 for 8 ids in 10, 40 give 0.04-0.16, 100 0.06-0.14.
+    distribution. Its mean, (n + 1 - k) / (n + 1), is at most the target; its spread is why one
+    id's rate differs from another's. At 0.1: 20 scores give 0.03-0.18 for 8 ids in 10, 40 give 0.04-0.16, 100 0.06-0.14.
     """
     from scipy.stats import beta  # here: only training, refits and enrollment ask
 

@@ -222,7 +222,11 @@ def write_split(run_dir: Path, store: FeatureStore, stats_idx: list[int], fracti
 def record_threshold_clips(run_dir: Path, threshold_clips: dict[str, int]) -> None:
     """Replace the split record's threshold clip counts (a refit may score other components)."""
     path = run_dir / SPLIT
-    split = json.loads(path.read_text()) if path.exists() else {}
+    try:
+        split = json.loads(path.read_text())
+        split = split if isinstance(split, dict) else {}
+    except (OSError, ValueError):  # missing or damaged: keep the counts at least
+        split = {}
     split["threshold_clips"] = dict(sorted(threshold_clips.items()))
     with atomic_write(path, "w") as f:
         f.write(json.dumps(split, indent=1))
