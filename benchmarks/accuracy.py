@@ -38,7 +38,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import betabinom
 from sklearn.metrics import roc_auc_score
 
 from mtad.edge_runtime import scoring
@@ -239,13 +238,13 @@ def expected_far_within(n_calibration: int, n_test: int, far: float = FAR_TARGET
     out-of-sample normal scores (``scoring.conformal_rank``) and all the scores are exchangeable;
     None where that rank does not exist. The share of new normals above such a threshold is then
     Beta(n + 1 - k, k) distributed whatever the scores' distribution, so the number of false
-    alarms among the test normals is beta-binomial. With 50 test normals it is 0.36 for 10
-    calibration clips, 0.48 for 20, 0.58 for 40 and at most 0.77 (a threshold known exactly)."""
-    k = scoring.conformal_rank(n_calibration, far)
-    if k is None or n_test < 1:
+    alarms among the test normals is beta-binomial (``scoring.false_alarm_count``). With 50 test
+    normals it is 0.36 for 10 calibration clips, 0.48 for 20, 0.58 for 40 and at most 0.77 (a
+    threshold known exactly)."""
+    count = scoring.false_alarm_count(n_calibration, n_test, far)
+    if count is None:
         return None
     lo, hi = math.ceil((far - tol) * n_test - 1e-9), math.floor((far + tol) * n_test + 1e-9)
-    count = betabinom(n_test, n_calibration + 1 - k, k)
     return float(count.cdf(hi) - count.cdf(lo - 1))
 
 

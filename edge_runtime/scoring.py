@@ -245,20 +245,30 @@ def threshold_far_range(n: int, false_alarm_rate: float, coverage: float = THRES
     return float(lo), float(hi)
 
 
-def false_alarm_rate_range(n_calibration: int, n_normal: int, false_alarm_rate: float,
-                           coverage: float = FALSE_ALARM_CHECK_COVERAGE) -> tuple[float, float] | None:
-    """The central ``coverage`` range of the false-alarm rate *measured* on ``n_normal`` new normals
-    at a conformal threshold from ``n_calibration`` out-of-sample normals, if all are exchangeable
-    (the threshold's own spread, :func:`threshold_far_range`, and the test's binomial noise: the
-    count is beta-binomial). A measured rate outside it is not sampling noise: the new normals do
-    not sound like the ones that set the threshold. None where there is no conformal rank."""
+def false_alarm_count(n_calibration: int, n_normal: int, false_alarm_rate: float):
+    """The distribution (scipy, frozen) of the number of false alarms among ``n_normal`` new
+    normals at a conformal threshold from ``n_calibration`` out-of-sample normals, if all are
+    exchangeable: beta-binomial, the threshold's own spread (:func:`threshold_far_range`) with the
+    test's binomial noise. None where there is no conformal rank or no normal."""
     from scipy.stats import betabinom
 
     k = conformal_rank(n_calibration, false_alarm_rate)
     if k is None or n_normal < 1:
         return None
+    return betabinom(n_normal, n_calibration + 1 - k, k)
+
+
+def false_alarm_rate_range(n_calibration: int, n_normal: int, false_alarm_rate: float,
+                           coverage: float = FALSE_ALARM_CHECK_COVERAGE) -> tuple[float, float] | None:
+    """The central ``coverage`` range of the false-alarm rate *measured* on ``n_normal`` new normals
+    at a conformal threshold from ``n_calibration`` out-of-sample normals (:func:`false_alarm_count`).
+    A measured rate outside it is not sampling noise: the new normals do not sound like the ones
+    that set the threshold. None where there is no conformal rank."""
+    count = false_alarm_count(n_calibration, n_normal, false_alarm_rate)
+    if count is None:
+        return None
     tail = (1 - coverage) / 2
-    lo, hi = betabinom.ppf([tail, 1 - tail], n_normal, n_calibration + 1 - k, k)
+    lo, hi = count.ppf([tail, 1 - tail])
     return float(lo) / n_normal, float(hi) / n_normal
 
 
