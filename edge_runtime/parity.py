@@ -52,6 +52,7 @@ class Scored:
     label: int
     score: float
     threshold: float
+    components: dict | None = None  # raw component scores (name -> value), where the scorer reports them
 
 
 # Score-level budgets per precision: Spearman rho of variant vs reference scores (at least) and
@@ -106,6 +107,11 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float, score
     rho, the worst relative score error, and decision agreement at the thresholds. A machine is
     ``over_budget`` when |dAUC| exceeds ``budget`` (with ``size_adjusted``, never tighter than one
     swapped pair), and ``score_over_budget`` when rho or the relative error miss ``score_budget``.
+
+    Where both sides carry component scores, ``max_rel_error`` is also taken over each component
+    the model computes (``recon``, ``class``, ``embed``), relative to that component's own spread:
+    in a fused score the model-free components, identical on both sides, would otherwise dilute a
+    broken engine's drift by their weight (``max_component_rel_error`` says how far they went).
     """
     from scipy.stats import spearmanr
 
@@ -121,12 +127,14 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float, score
         vs = np.array([v.score for _, v in items], np.float64)
         agree = np.array([(r.score > r.threshold) == (v.score > v.threshold) for r, v in items])
         rel = np.abs(vs - rs) / max(float(rs.std()), 1e-12)
+        component_rel = model_component_drift(items)
         rho = float(spearmanr(rs, vs).statistic) if len(items) > 2 and np.ptp(rs) > 0 and np.ptp(vs) > 0 else None
         entry = {
             "n": len(items),
             "n_anomalous": int(y.sum()),
             "spearman": rho,
-            "max_rel_error": float(rel.max()),
+            "max_rel_error": max(float(rel.max()), component_rel if component_rel is not None else 0.0),
+            "max_component_rel_error": component_rel,
             "max_abs_diff": float(np.abs(rs - vs).max()),
             "mean_abs_diff": float(np.abs(rs - vs).mean()),
             "decision_agreement": float(agree.mean()),
@@ -158,6 +166,24 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float, score
             "max_rel_error": max((e["max_rel_error"] for e in machines.values()), default=None),
             "decision_agreement": (float(np.mean([e["decision_agreement"] for e in machines.values()])) if machines else None),
             "n_missing": len(reference) - sum(len(v) for v in pairs.values())}
+
+
+def model_component_drift(items: list[tuple[Scored, Scored]]) -> float | None:
+    """The worst ``|variant - reference| / std(reference)`` over the (reference, variant) pairs of
+    one machine and every model component both report; None when neither reports one."""
+    from .scoring import MODEL_FREE
+
+    names = set.intersection(*[set(r.components or {}) & set(v.components or {}) for r, v in items]) if items else set()
+    worst = None
+    for name in sorted(names - set(MODEL_FREE)):
+        ref = np.array([r.components[name] for r, _ in items], np.float64)
+        var = np.array([v.components[name] for _, v in items], np.float64)
+        ok = np.isfinite(ref) & np.isfinite(var)
+        if ok.sum() < 2:
+            continue
+        drift = float(np.max(np.abs(var[ok] - ref[ok])) / max(float(ref[ok].std()), 1e-12))
+        worst = drift if worst is None else max(worst, drift)
+    return worst
 
 
 def format_report(results: dict[str, dict]) -> str:

@@ -77,7 +77,7 @@ def _score_files(scorer: EdgeScorer, clips) -> list[Scored]:
             r = scorer.score_file(c.path, c.machine)
         except AudioError:
             continue  # the reference excludes it too
-        out.append(Scored(str(c.path), c.machine, c.label, r.score, r.threshold))
+        out.append(Scored(str(c.path), c.machine, c.label, r.score, r.threshold, r.components))
     return out
 
 

@@ -87,3 +87,26 @@ def test_device_parity_json_has_intervals_and_size_suited_budgets(tiny_bundle, t
             assert e["budget"] == pytest.approx(max(out["budgets"][name.split("-")[-1]], 1 / (n0 * n1)))
             assert e["dauc_ci"][0] <= e["dauc"] <= e["dauc_ci"][1]
             assert e["spearman"] is None or -1 <= e["spearman"] <= 1
+
+
+def test_a_broken_model_component_is_not_hidden_by_the_model_free_ones():
+    """Learned fusion = (recon + 2 acoustic) / 3: a variant whose recon drifts by 0.6 of recon's
+    spread moves the fused score by little, since acoustic (model-free, identical on both sides)
+    holds most of its spread; the per-component figure still catches it."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(20), np.zeros(20)]
+    recon, acoustic = rng.standard_normal(40), 20 * rng.standard_normal(40) + 40 * y
+    drift = 0.6 * recon.std() * np.sign(rng.standard_normal(40))
+
+    def scored(r):
+        return [Scored(f"c{i}", "fan/id_00", int(lab), float((ri + 2 * a) / 3), 1.0, {"recon": float(ri), "acoustic": float(a)})
+                for i, (ri, a, lab) in enumerate(zip(r, acoustic, y))]
+
+    ref, var = scored(recon), scored(recon + drift)
+    fused = np.abs((drift / 3)).max() / np.std([s.score for s in ref])
+    assert fused < 0.05  # the fused score alone would pass INT8's 0.25 budget
+    e = compare(ref, var, 0.01, DEFAULT_SCORE_BUDGETS["int8"])["machines"]["fan/id_00"]
+    assert e["max_component_rel_error"] == pytest.approx(0.6, rel=1e-6) and e["max_rel_error"] == pytest.approx(0.6, rel=1e-6)
+    assert e["score_over_budget"]
+    plain = compare(_scored([s.score for s in ref], y), _scored([s.score for s in var], y), 0.01, DEFAULT_SCORE_BUDGETS["int8"])["machines"]["fan/id_00"]
+    assert plain["max_component_rel_error"] is None and not plain["score_over_budget"]  # without components: the fused score only
