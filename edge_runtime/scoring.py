@@ -120,6 +120,11 @@ def log_error_vector(residual: np.ndarray) -> np.ndarray:
 # rotation-rate and impact-rate periodicities, up to the frame rate's Nyquist (~15.6 Hz).
 MODULATION_EDGES_HZ = (0.5, 2.0, 4.0, 8.0, FRAME_RATE / 2)
 MODULATION_BAND = 8  # mel bins pooled per band for the modulation spectrum: 128 -> 16 bands
+# The band means are taken relative to their own mean (the clip's overall level), so that a change
+# of microphone gain or distance, which moves every log-mel bin by the same number of dB, leaves the
+# statistic as it was; its other parts (std, frame-to-frame change, modulation) and the envelope
+# statistic do not see the level anyway. False keeps the absolute level (bundle schema < 7).
+RELATIVE_LEVEL = True
 
 
 def n_bands(n_bins: int, width: int) -> int:
@@ -173,13 +178,17 @@ class SpectralStats:
         d_mean = self.d_sum / self.n_d
         delta = np.log(np.sqrt(np.maximum(self.d_sq / self.n_d - d_mean * d_mean, 0.0)) + LOG_EPS)
         modulation = modulation_power(self.coarse, FRAME_RATE, MODULATION_EDGES_HZ)  # none under ~16 frames
-        return np.concatenate([band_mean(mean, SPECTRAL_BAND), band_mean(std, SPECTRAL_BAND), delta, np.log(modulation + LOG_EPS).ravel()])
+        levels = band_mean(mean, SPECTRAL_BAND)
+        if RELATIVE_LEVEL:
+            levels = levels - levels.mean()
+        return np.concatenate([levels, band_mean(std, SPECTRAL_BAND), delta, np.log(modulation + LOG_EPS).ravel()])
 
 
 def spectral_vector(logmel: np.ndarray) -> np.ndarray:
     """The clip's log-mel statistics over time, pooled into bands: ``(n_mels, T) -> (spectral_dim,)``.
 
-    Per band of ``SPECTRAL_BAND`` bins: mean, std, and log std of the frame-to-frame change
+    Per band of ``SPECTRAL_BAND`` bins: mean (relative to the clip's level, :data:`RELATIVE_LEVEL`),
+    std, and log std of the frame-to-frame change
     (impulsive content: knocks, clicks, stick-slip); per band of ``MODULATION_BAND`` bins: log
     power of the band's level in each ``MODULATION_EDGES_HZ`` range (periodic swells and impacts).
     """

@@ -62,8 +62,12 @@ def test_classification_score_is_cross_entropy_of_true_id():
 
 
 def _evidence(rng, n, machine="fan/id_00", n_mels=32, shift=0.0, scale=1.0):
-    """``n`` clips of random evidence: residuals, logits and raw log-mel (an id-specific level)."""
-    level = {"fan/id_00": 0.0, "fan/id_02": 3.0}[machine]
+    """``n`` clips of random evidence: residuals, logits and raw log-mel (an id-specific colour:
+    id_02 is 3 dB louder in the lower half of the bins, which a level-free statistic sees; a
+    ``shift`` raises that half too)."""
+    lower = np.repeat([1.0, 0.0], [n_mels // 2, n_mels - n_mels // 2])[:, None]
+    level = {"fan/id_00": 0.0, "fan/id_02": 3.0 * lower}[machine]
+    shift = shift * lower
     direction = {"fan/id_00": np.eye(6)[0], "fan/id_02": np.eye(6)[1]}[machine] * 4  # each id's embedding direction
     return [(machine, ClipEvidence(rng.standard_normal((n_mels, 30)) * scale, rng.standard_normal((3, 2)),
                                    level + shift + rng.standard_normal((n_mels, 40)) * scale,
@@ -95,7 +99,8 @@ def test_fusion_is_per_id_two_sided_and_round_trips(rng, tmp_path):
     assert {k.split("|")[0] for k in stats.centres} == {"recon", "embed", "spectral"}
     assert {k.split("|")[0] for k in stats.precisions} == {"recon", "spectral"}  # embed: cosine distance, no covariance
     np.testing.assert_allclose(stats.centres["embed|fan/id_02"] @ np.eye(6)[1], 1.0, atol=0.05)
-    np.testing.assert_allclose(stats.centres["spectral|fan/id_02"][:8], 3.0, atol=0.2)  # 8 bands of mean first
+    # 8 bands of mean first, relative to the clip's level: +1.5 dB below the middle, -1.5 above
+    np.testing.assert_allclose(stats.centres["spectral|fan/id_02"][:8], np.repeat([1.5, -1.5], 4), atol=0.2)
     assert stats.precisions["spectral|fan"].shape == (spectral_dim(32),) * 2 == (40, 40)  # mean, std, change (8 each), modulation (4 x 4)
     assert stats.precisions["recon|fan"].shape == (4, 4)
     # standardised on held-out normals: their out-of-sample fused scores centre near 0
@@ -312,7 +317,7 @@ def test_acoustic_dilutes_a_fault_in_one_statistic_less_than_the_mean_of_two_sco
         return out
 
     held = clips(40, "fan/id_00") + clips(40, "fan/id_02")
-    normal, faulty = clips(200, "fan/id_00"), clips(200, "fan/id_00", shift=0.25)
+    normal, faulty = clips(200, "fan/id_00"), clips(200, "fan/id_00", shift=0.5)  # +-0.25 dB about the level
     y = np.r_[np.zeros(len(normal)), np.ones(len(faulty))]
     auc = {}
     for comps in (("spectral",), ("spectral", "envelope"), ("acoustic",)):
