@@ -4,7 +4,8 @@ single-task ablations, an ArcFace-head variant and the simple baseline, as mean 
     .venv/bin/python benchmarks/accuracy.py [--seeds 0,1,2] [--test 50] [--out results/accuracy]
 
 Per seed it synthesises the default set (6 types x 3 ids, 40 training normals per id) with
-``--test`` normal and anomalous test clips per id, trains the ``--preset`` model for each variant
+``--test`` normal and anomalous test clips per id, scores the model-free rows (variant ``none``, the
+default among them: nothing is trained), trains the ``--preset`` model for each other variant
 (multitask, the ``recon``/``classify`` ablations, multitask with an ArcFace head, with pseudo-anomaly
 classes, trained 40 epochs with early stopping, on whole 10 s clips, or holding out a quarter of the
 training normals for the statistics instead of `small`'s half), then scores the test clips under each
@@ -44,9 +45,12 @@ from mtad.edge_runtime import scoring
 from mtad.edge_runtime.atomic import atomic_write
 from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import scan_dataset
+from mtad.edge_runtime.features import fit_normalization
+from mtad.edge_runtime.scoring import ClipEvidence
 from mtad.train.baseline import baseline_aucs
 from mtad.train.checkpoint import norms_from_checkpoint
 from mtad.train.config import TrainConfig, load_config
+from mtad.train.envelope_features import clip_envelope
 from mtad.train.evaluate import load_run, score_outputs
 from mtad.train.feature_cache import load_features
 from mtad.train.stats import fit_scoring_stats
@@ -54,8 +58,11 @@ from mtad.train.synth import SynthConfig
 from mtad.train.synth_writer import write_dataset
 from mtad.train.trainer import compute_outputs, split_holdout, stats_inputs, train_run
 
-# Trained models: variant -> (task, model config overrides[, train config overrides])
+# Trained models: variant -> (task, model config overrides[, train config overrides]); MODEL_FREE_VARIANT
+# ("none") trains nothing: its rows are scored from the audio alone, on every training normal.
+MODEL_FREE_VARIANT = "none"
 VARIANTS = {
+    MODEL_FREE_VARIANT: None,
     "multitask": ("multitask", {}),
     "recon": ("recon", {}),
     "classify": ("classify", {}),
@@ -69,22 +76,24 @@ VARIANTS = {
 }
 # (variant, label, scoring, components[, scoring variant]); the first row is the default.
 # Scoring variants: "v1" uses the previous spectral statistic (band mean and std only);
-# "equal" weighs every fusion component 1 (the default weighs `acoustic` 2); "lw" estimates the
-# shared covariances by Ledoit-Wolf (the rule before factor analysis).
+# "equal" weighs every fusion component 1 (the learned fusion weighs `acoustic` 2); "lw" estimates the
+# shared covariances by Ledoit-Wolf (the rule before factor analysis); "absolute" keeps the band
+# means' absolute level (the statistic before bundle schema 7).
 METHODS = [
-    ("multitask", "default: fusion recon+acoustic (weights 1:2)", "fusion", ("recon", "acoustic")),
+    (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope, one Gaussian; no model)", "fusion", ("acoustic",)),
+    (MODEL_FREE_VARIANT, "component acoustic, absolute level (before schema 7)", "fusion", ("acoustic",), "absolute"),
+    (MODEL_FREE_VARIANT, "component spectral", "fusion", ("spectral",)),
+    (MODEL_FREE_VARIANT, "component envelope", "fusion", ("envelope",)),
+    (MODEL_FREE_VARIANT, "component acoustic, Ledoit-Wolf covariance", "fusion", ("acoustic",), "lw"),
+    (MODEL_FREE_VARIANT, "fusion spectral+envelope (no model)", "fusion", ("spectral", "envelope")),
+    (MODEL_FREE_VARIANT, "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
+    ("multitask", "learned fusion recon+acoustic (weights 1:2; the default before schema 7)", "fusion", ("recon", "acoustic")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
     ("multitask", "component recon (per-id)", "fusion", ("recon",)),
-    ("multitask", "component spectral", "fusion", ("spectral",)),
-    ("multitask", "component envelope", "fusion", ("envelope",)),
-    ("multitask", "component acoustic (spectral+envelope, one Gaussian; no model)", "fusion", ("acoustic",)),
     ("multitask", "fusion recon+acoustic, equal weights", "fusion", ("recon", "acoustic"), "equal"),
-    ("multitask", "fusion recon+acoustic, Ledoit-Wolf covariance (previous default)", "fusion", ("recon", "acoustic"), "lw"),
-    ("multitask", "component acoustic, Ledoit-Wolf covariance", "fusion", ("acoustic",), "lw"),
+    ("multitask", "fusion recon+acoustic, Ledoit-Wolf covariance", "fusion", ("recon", "acoustic"), "lw"),
     ("multitask", "fusion recon+spectral+envelope (default before acoustic)", "fusion", ("recon", "spectral", "envelope")),
-    ("multitask", "fusion spectral+envelope (no model)", "fusion", ("spectral", "envelope")),
     ("multitask", "fusion recon+spectral (default before envelope)", "fusion", ("recon", "spectral")),
-    ("multitask", "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
     ("multitask", "fusion recon+spectral v1 (default before spectral v2)", "fusion", ("recon", "spectral"), "v1"),
     ("multitask", "component class", "fusion", ("class",)),
     ("multitask", "component embed", "fusion", ("embed",)),
@@ -102,14 +111,14 @@ METHODS = [
     ("long", "40 epochs + early stopping: fusion recon+class+spectral", "fusion", ("recon", "class", "spectral")),
     ("multitask", "fusion recon+embed+acoustic", "fusion", ("recon", "embed", "acoustic")),
     ("arcface", "arcface head: fusion recon+embed+acoustic", "fusion", ("recon", "embed", "acoustic")),
-    ("pseudo", "pseudo-anomaly classes: default fusion recon+acoustic", "fusion", ("recon", "acoustic")),
+    ("pseudo", "pseudo-anomaly classes: learned fusion recon+acoustic", "fusion", ("recon", "acoustic")),
     ("pseudo", "pseudo-anomaly classes: fusion recon+class+acoustic", "fusion", ("recon", "class", "acoustic")),
     ("pseudo", "pseudo-anomaly classes: fusion recon+embed+acoustic", "fusion", ("recon", "embed", "acoustic")),
-    ("wholeclip", "whole-clip windows: default fusion recon+acoustic", "fusion", ("recon", "acoustic")),
+    ("wholeclip", "whole-clip windows: learned fusion recon+acoustic", "fusion", ("recon", "acoustic")),
     ("wholeclip", "whole-clip windows: component recon", "fusion", ("recon",)),
     ("wholeclip", "whole-clip windows: component class", "fusion", ("class",)),
     ("wholeclip", "whole-clip windows: component embed", "fusion", ("embed",)),
-    ("holdout25", "default fusion, --stats-holdout 0.25", "fusion", ("recon", "acoustic")),
+    ("holdout25", "learned fusion, --stats-holdout 0.25", "fusion", ("recon", "acoustic")),
     ("holdout25", "component recon, --stats-holdout 0.25", "fusion", ("recon",)),
 ]
 BASELINE = "simple baseline (log-mel mean/std)"
@@ -119,10 +128,12 @@ FAR_TOLERANCE = 0.05  # a unit's rate counts as on target within this distance o
 # covariances for the model-free statistics; 4: thresholds of model-free rows from every training
 # normal, out of sample); a seed's cached rows of another revision are then
 # recomputed, except the baseline and single scores of the model's components, which neither
-# change touched (a per-id AUC does not depend on per-id standardisation).
-CACHE_REVISION = 4
+# change touched (a per-id AUC does not depend on per-id standardisation); 5: band means relative
+# to the clip's level, the model-free default first.
+CACHE_REVISION = 5
 # Rows renamed since a seed's results were cached: new label -> label in older caches.
 RENAMED = {
+    "learned fusion recon+acoustic (weights 1:2; the default before schema 7)": "default: fusion recon+acoustic (weights 1:2)",
     "fusion recon+spectral+envelope (default before acoustic)": "fusion recon+spectral+envelope (previous default)",
     "fusion recon+spectral (default before envelope)": "fusion recon+spectral (previous default)",
 }
@@ -136,17 +147,19 @@ def spectral_v1(logmel: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def scoring_variant(version: str | None):
-    """Inside the block, score with the ``v1`` spectral statistic or with ``equal`` fusion weights
-    (the fit and the scorer both read them)."""
-    saved = scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS)
+    """Inside the block, score with the ``v1`` spectral statistic, with ``equal`` fusion weights or
+    with the band means' ``absolute`` level (the fit and the scorer both read them)."""
+    saved = scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS), scoring.RELATIVE_LEVEL
     if version == "v1":
         scoring.spectral_vector = spectral_v1
     elif version == "equal":
         scoring.COMPONENT_WEIGHTS.clear()
+    elif version == "absolute":
+        scoring.RELATIVE_LEVEL = False
     try:
         yield
     finally:
-        scoring.spectral_vector = saved[0]
+        scoring.spectral_vector, scoring.RELATIVE_LEVEL = saved[0], saved[2]
         scoring.COMPONENT_WEIGHTS.clear()
         scoring.COMPONENT_WEIGHTS.update(saved[1])
 
@@ -178,10 +191,33 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
         pending = [m for m in methods if m[0] == variant and m[1] not in results]
         if not pending:
             continue
-        score = variant_scorer(data, runs, seed, variant, preset, epochs, train_store, test_store)
+        score = (model_free_scorer(train_store, test_store) if variant == MODEL_FREE_VARIANT
+                 else variant_scorer(data, runs, seed, variant, preset, epochs, train_store, test_store))
         for _, label, method, comps, *version in pending:
             results[label] = per_machine(*score(method, comps, version[0] if version else None))
     return results
+
+
+def model_free_scorer(train_store, test_store):
+    """``score(method, components, scoring_version)`` like :func:`variant_scorer` for the
+    model-free rows: nothing is trained, and every training normal is scored out of sample and
+    sets the calibration and thresholds (as ``mtad-train`` does for a model-free score)."""
+    types = sorted({c.machine_type for c in train_store.clips})
+    norms = {t: fit_normalization([np.asarray(train_store.get(i)) for i, c in enumerate(train_store.clips) if c.machine_type == t]) for t in types}
+    class_map = sorted({c.machine for c in train_store.clips})
+
+    def evidence(store):
+        return [(c.machine, ClipEvidence(None, None, np.asarray(store.get(i)), envelope=clip_envelope(c.path))) for i, c in enumerate(store.clips)]
+
+    held, test = evidence(train_store), evidence(test_store)
+
+    def score(method: str, comps: tuple[str, ...], version: str | None):
+        covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
+        with scoring_variant(version):
+            stats, finals = fit_scoring_stats("multitask", class_map, norms, held, TrainConfig.false_alarm_rate, method, comps, (), covariance)
+            return score_outputs(stats, test_store.clips, test), {m: len(v) for m, v in finals.items()}
+
+    return score
 
 
 def variant_scorer(data: Path, runs: Path, seed: int, variant: str, preset: str, epochs: int | None, train_store, test_store):
@@ -357,7 +393,7 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = args.variants.split(",")
     if METHODS[0][0] not in variants:
-        ap.error(f"--variants must include {METHODS[0][0]} (the default's model, which every row is compared with)")
+        ap.error(f"--variants must include {METHODS[0][0]} (the default's rows, which every row is compared with)")
     seed_data = {seed: Path(args.data.replace("{seed}", str(seed))) for seed in seeds} if args.data else {}
     missing = [str(p) for p in seed_data.values() if not p.is_dir()]
     if missing:

@@ -256,6 +256,9 @@ def export_bundle(
                               "--calib-data) or --calib-data (its held-out training normals for the score-drift fallback)")
     elif val_data is not None:
         notice(f"note: --val-data {val_data} is not used without --accuracy-budget")
+    if (fp16 or int8 or engine) and not run.stats.needs_model:
+        notice(f"note: the run's score ({', '.join(run.stats.components)}) is model-free, so the device runs no network: the FP16/INT8 "
+               "variants serve the learned fusion only (export a run refitted with mtad-eval --refit --components recon,acoustic)")
     if engine:
         from .tensorrt_build import require_tensorrt
 

@@ -60,6 +60,12 @@ def test_scoring_variants_are_switched_back():
         assert scoring.spectral_vector(logmel).shape == (2 * 128 // scoring.SPECTRAL_BAND,)
         raise RuntimeError("a failing method")
     assert scoring.spectral_vector(logmel).shape == dim
+    relative = scoring.spectral_vector(logmel)
+    with acc.scoring_variant("absolute"):
+        absolute = scoring.spectral_vector(logmel)
+    bands = 128 // scoring.SPECTRAL_BAND
+    assert np.allclose(absolute[:bands] - absolute[:bands].mean(), relative[:bands]) and np.allclose(absolute[bands:], relative[bands:])
+    assert np.array_equal(scoring.spectral_vector(logmel), relative)
 
 
 def test_every_row_names_a_trained_variant_and_valid_components():
@@ -67,16 +73,18 @@ def test_every_row_names_a_trained_variant_and_valid_components():
     assert len(labels) == len(set(labels))  # a duplicate label would overwrite a cached row
     for variant, label, method, comps, *version in acc.METHODS:
         assert variant in acc.VARIANTS, label
-        task = acc.VARIANTS[variant][0]
-        assert method in scoring.SCORINGS and set(comps) <= set(scoring.task_components(task)), label
-        assert not version or version[0] in ("v1", "equal", "lw"), label
+        allowed = scoring.MODEL_FREE if variant == acc.MODEL_FREE_VARIANT else scoring.task_components(acc.VARIANTS[variant][0])
+        assert method in scoring.SCORINGS and set(comps) <= set(allowed), label
+        assert not version or version[0] in ("v1", "equal", "lw", "absolute"), label
+    # the default row is the product's default score, and needs no trained model
+    assert acc.METHODS[0][0] == acc.MODEL_FREE_VARIANT and acc.METHODS[0][3] == scoring.DEFAULT_COMPONENTS
 
 
 def test_rows_option_keeps_the_default_and_the_matching_rows_of_the_variants_asked_for():
-    rows = acc.selected_methods(["multitask", "holdout25"], ["component acoustic (", "stats-holdout"])
-    assert [m[1] for m in rows] == [DEFAULT, "component acoustic (spectral+envelope, one Gaussian; no model)",
-                                    "default fusion, --stats-holdout 0.25", "component recon, --stats-holdout 0.25"]
-    assert acc.selected_methods(["multitask"], []) == [m for m in acc.METHODS if m[0] == "multitask"]
+    rows = acc.selected_methods(["none", "multitask", "holdout25"], ["learned fusion recon+acoustic (", "stats-holdout"])
+    assert [m[1] for m in rows] == [DEFAULT, "learned fusion recon+acoustic (weights 1:2; the default before schema 7)",
+                                    "learned fusion, --stats-holdout 0.25", "component recon, --stats-holdout 0.25"]
+    assert acc.selected_methods(["none"], []) == [m for m in acc.METHODS if m[0] == "none"]
 
 
 def test_data_option_names_each_missing_dataset(tmp_path, monkeypatch, capsys):

@@ -113,3 +113,55 @@ def test_parity_of_a_model_free_bundle_is_one_exact_scorer(model_free, tiny_synt
     res = results["model-free"]
     assert res["max_abs_dauc"] == 0 and not res["over_budget"] and not res["score_over_budget"] and res["n_missing"] == 0
     assert res["max_rel_error"] < 1e-6 and res["decision_agreement"] == 1.0
+
+
+def test_benchmark_model_free_rows_score_as_a_model_free_run(model_free, tiny_synth):
+    """benchmarks/accuracy.py scores its model-free rows (the default's among them) without training
+    anything; they must be the scores and thresholds mtad-train gives a model-free run."""
+    from mtad.train.evaluate import load_run, score_split
+    from mtad.train.feature_cache import load_features
+
+    from .conftest import benchmark_module
+
+    acc = benchmark_module("accuracy.py", "accuracy_benchmark")
+    index = scan_dataset(tiny_synth)
+    train_store = load_features(index.select("train", label=0), progress=False)
+    test_store = load_features(index.select("test"), progress=False)
+    scores, counts = acc.model_free_scorer(train_store, test_store)("fusion", ("acoustic",), None)
+    run_scores, _ = score_split(load_run(model_free[0]), index, progress=False)
+    by_path = {s.path: s for s in run_scores}
+    assert len(scores) == len(run_scores) == len(test_store) and set(counts.values()) == {8}  # every training normal
+    for s in scores:
+        assert s.score == pytest.approx(by_path[s.path].score, rel=1e-9) and s.threshold == pytest.approx(by_path[s.path].threshold, rel=1e-9)
+
+
+def test_default_score_ignores_the_microphone_gain(model_free, tiny_synth):
+    """Every part of the `acoustic` statistic is level-free (the band means relative to the clip's
+    level, bundle schema 7), so the same sound 12 dB quieter scores the same: a new microphone gain
+    needs no re-enrollment. The band means' absolute level would move the score.
+
+    The synthetic clips' top mel bands are cut by an anti-alias filter down to the log floor
+    (16-bit quantisation noise), and a band at that floor cannot follow a gain change; so each
+    clip here gets a microphone's noise floor (-55 dBFS white noise) before the gain is applied."""
+    from mtad.edge_runtime import scoring
+
+    bundle = load_bundle(model_free[1])
+    scorer = EdgeScorer(bundle, _Refuses())
+    clips = [c for c in scan_dataset(tiny_synth).select("test") if c.machine in bundle.stats.machines][::4]
+    noise = np.random.default_rng(0).standard_normal(16000 * 3).astype(np.float32) * 10 ** (-55 / 20)
+    for clip in clips:
+        audio = load_audio(clip.path, 16000)
+        audio = audio + noise[: len(audio)]
+        loud, quiet = scorer.score_audio(audio, clip.machine), scorer.score_audio(audio / 4, clip.machine)
+        assert quiet.score == pytest.approx(loud.score, rel=1e-3, abs=1e-3) and quiet.anomaly == loud.anomaly
+    audio = load_audio(clips[0].path, 16000)
+    audio = audio + noise[: len(audio)]
+    logmel = scorer.extract(audio)
+    quiet = scorer.extract(audio / 4)
+    assert np.allclose(scoring.spectral_vector(quiet), scoring.spectral_vector(logmel), atol=1e-3)
+    scoring.RELATIVE_LEVEL = False
+    try:
+        levels = scoring.spectral_vector(quiet)[:4] - scoring.spectral_vector(logmel)[:4]
+    finally:
+        scoring.RELATIVE_LEVEL = True
+    assert np.allclose(levels, -20 * np.log10(4), atol=1e-2)  # 12 dB down in every band

@@ -201,6 +201,9 @@ def fit_run_stats(runner, store: FeatureStore, train_idx: list[int], stats_idx: 
     if few and tcfg.scoring != "paper":
         log(f"note: {len(few)} id(s) ({', '.join(few[:3])}{', ...' if len(few) > 3 else ''}) have too few held-out normals for a "
             f"distribution-free threshold at false-alarm rate {tcfg.false_alarm_rate}; their thresholds assume Gaussian scores")
+    if not stats.needs_model:
+        log(f"note: the score ({', '.join(tcfg.fusion_components)}) is model-free: every training normal calibrates it, and the network "
+            "trained here scores only in the learned fusion (mtad-eval --refit --components recon,acoustic)")
     counts = {} if tcfg.scoring == "paper" or in_sample else {m: len(v) for m, v in finals.items()}
     if counts:
         log(describe_threshold_ranges(counts, tcfg.false_alarm_rate))
