@@ -46,7 +46,7 @@ from mtad.edge_runtime.atomic import atomic_write
 from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.features import fit_normalization
-from mtad.edge_runtime.scoring import ClipEvidence
+from mtad.edge_runtime.scoring import DEFAULT_COMPONENTS, ClipEvidence
 from mtad.train.baseline import baseline_aucs
 from mtad.train.checkpoint import norms_from_checkpoint
 from mtad.train.config import TrainConfig, load_config
@@ -78,10 +78,12 @@ VARIANTS = {
 # Scoring variants: "v1" uses the previous spectral statistic (band mean and std only);
 # "equal" weighs every fusion component 1 (the learned fusion weighs `acoustic` 2); "lw" estimates the
 # shared covariances by Ledoit-Wolf (the rule before factor analysis); "absolute" keeps the band
-# means' absolute level (the statistic before bundle schema 7).
+# means' absolute level (the statistic before bundle schema 7); "floor" floors each frame at its loudest
+# bin minus 80 dB (scoring.SPECTRAL_TOP_DB).
 METHODS = [
     (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope, one Gaussian; no model)", "fusion", ("acoustic",)),
     (MODEL_FREE_VARIANT, "component acoustic, absolute level (before schema 7)", "fusion", ("acoustic",), "absolute"),
+    (MODEL_FREE_VARIANT, "component acoustic, frame-relative floor (80 dB)", "fusion", ("acoustic",), "floor"),
     (MODEL_FREE_VARIANT, "component spectral", "fusion", ("spectral",)),
     (MODEL_FREE_VARIANT, "component envelope", "fusion", ("envelope",)),
     (MODEL_FREE_VARIANT, "component acoustic, Ledoit-Wolf covariance", "fusion", ("acoustic",), "lw"),
@@ -149,17 +151,19 @@ def spectral_v1(logmel: np.ndarray) -> np.ndarray:
 def scoring_variant(version: str | None):
     """Inside the block, score with the ``v1`` spectral statistic, with ``equal`` fusion weights or
     with the band means' ``absolute`` level (the fit and the scorer both read them)."""
-    saved = scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS), scoring.RELATIVE_LEVEL
+    saved = scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS), scoring.RELATIVE_LEVEL, scoring.SPECTRAL_TOP_DB
     if version == "v1":
         scoring.spectral_vector = spectral_v1
     elif version == "equal":
         scoring.COMPONENT_WEIGHTS.clear()
     elif version == "absolute":
         scoring.RELATIVE_LEVEL = False
+    elif version == "floor":
+        scoring.SPECTRAL_TOP_DB = 80.0
     try:
         yield
     finally:
-        scoring.spectral_vector, scoring.RELATIVE_LEVEL = saved[0], saved[2]
+        scoring.spectral_vector, scoring.RELATIVE_LEVEL, scoring.SPECTRAL_TOP_DB = saved[0], saved[2], saved[3]
         scoring.COMPONENT_WEIGHTS.clear()
         scoring.COMPONENT_WEIGHTS.update(saved[1])
 
@@ -198,13 +202,22 @@ def evaluate_seed(data: Path, runs: Path, seed: int, variants: list[str], preset
     return results
 
 
+def fit_model_free(held: list, method: str = "fusion", comps: tuple[str, ...] = DEFAULT_COMPONENTS, version: str | None = None):
+    """Fit a model-free score on ``held`` (``(machine, evidence)`` of every training normal, each
+    scored out of sample, as ``mtad-train`` does for a model-free score): ``(stats, {machine: n
+    calibration scores})``. ``version`` selects a :func:`scoring_variant`; the returned stats must be
+    used inside the same variant."""
+    types = sorted({m.split("/")[0] for m, _ in held})
+    # TypeStats requires a log-mel normalisation; a model-free score never reads it.
+    norms = {t: fit_normalization([ev.logmel for m, ev in held if m.split("/")[0] == t]) for t in types}
+    covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
+    stats, finals = fit_scoring_stats("multitask", sorted({m for m, _ in held}), norms, held, FAR_TARGET, method, comps, (), covariance)
+    return stats, {m: len(v) for m, v in finals.items()}
+
+
 def model_free_scorer(train_store, test_store):
     """``score(method, components, scoring_version)`` like :func:`variant_scorer` for the
-    model-free rows: nothing is trained, and every training normal is scored out of sample and
-    sets the calibration and thresholds (as ``mtad-train`` does for a model-free score)."""
-    types = sorted({c.machine_type for c in train_store.clips})
-    norms = {t: fit_normalization([np.asarray(train_store.get(i)) for i, c in enumerate(train_store.clips) if c.machine_type == t]) for t in types}
-    class_map = sorted({c.machine for c in train_store.clips})
+    model-free rows: nothing is trained (:func:`fit_model_free`)."""
 
     def evidence(store):
         return [(c.machine, ClipEvidence(None, None, np.asarray(store.get(i)), envelope=clip_envelope(c.path))) for i, c in enumerate(store.clips)]
@@ -212,10 +225,9 @@ def model_free_scorer(train_store, test_store):
     held, test = evidence(train_store), evidence(test_store)
 
     def score(method: str, comps: tuple[str, ...], version: str | None):
-        covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
         with scoring_variant(version):
-            stats, finals = fit_scoring_stats("multitask", class_map, norms, held, TrainConfig.false_alarm_rate, method, comps, (), covariance)
-            return score_outputs(stats, test_store.clips, test), {m: len(v) for m, v in finals.items()}
+            stats, counts = fit_model_free(held, method, comps, version)
+            return score_outputs(stats, test_store.clips, test), counts
 
     return score
 

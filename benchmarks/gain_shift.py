@@ -20,17 +20,17 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import FAR_TARGET, per_machine, scoring_variant  # noqa: E402  (the benchmark next to this one)
+from accuracy import FAR_TARGET, fit_model_free, per_machine, scoring_variant  # noqa: E402  (the benchmark next to this one)
 
 from mtad.edge_runtime.audio import load_audio  # noqa: E402
 from mtad.edge_runtime.dataset import scan_dataset  # noqa: E402
 from mtad.edge_runtime.envelope import envelope_vector  # noqa: E402
-from mtad.edge_runtime.features import LogMelExtractor, fit_normalization  # noqa: E402
-from mtad.edge_runtime.scoring import DEFAULT_COMPONENTS, ClipEvidence  # noqa: E402
+from mtad.edge_runtime.features import LogMelExtractor  # noqa: E402
+from mtad.edge_runtime.scoring import ClipEvidence  # noqa: E402
 from mtad.train.evaluate import score_outputs  # noqa: E402
-from mtad.train.stats import fit_scoring_stats  # noqa: E402
 
-STATISTICS = {"relative level (default)": None, "absolute level (before schema 7)": "absolute"}
+STATISTICS = {"relative level (default)": None, "absolute level (before schema 7)": "absolute",
+              "relative level, frame-relative floor (80 dB)": "floor"}
 ALARMING = 0.2  # a unit "alarms all day" above this false-alarm rate on its normals
 
 
@@ -49,13 +49,11 @@ def evaluate_set(data: Path, gains: list[float]) -> dict:
     extract = LogMelExtractor()
     train_clips, test_clips = index.select("train", label=0), index.select("test")
     held = evidence(train_clips, 0.0, extract)
-    norms = {t: fit_normalization([ev.logmel for m, ev in held if m.split("/")[0] == t]) for t in {m.split("/")[0] for m, _ in held}}
     tests = {g: evidence(test_clips, g, extract) for g in gains}
     out = {}
     for label, version in STATISTICS.items():
         with scoring_variant(version):
-            stats, finals = fit_scoring_stats("multitask", sorted({m for m, _ in held}), norms, held, FAR_TARGET, "fusion", DEFAULT_COMPONENTS)
-            counts = {m: len(v) for m, v in finals.items()}
+            stats, counts = fit_model_free(held, version=version)
             out[label] = {g: per_machine(score_outputs(stats, test_clips, tests[g]), counts) for g in gains}
     return out
 

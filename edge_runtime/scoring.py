@@ -131,6 +131,14 @@ MODULATION_BAND = 8  # mel bins pooled per band for the modulation spectrum: 128
 # statistic as it was; its other parts (std, frame-to-frame change, modulation) and the envelope
 # statistic do not see the level anyway. False keeps the absolute level (bundle schema < 7).
 RELATIVE_LEVEL = True
+# Each frame's log-mel is floored at its own loudest bin minus this many dB before the statistics
+# see it (None: no such floor). The front end's fixed floor (-80 dB) does not move with the gain,
+# so a band sitting on it (a 16-bit file's quantisation noise where an anti-alias filter emptied
+# the top bands) stays put when the microphone is turned down and seems to rise relative to the
+# rest; a floor relative to the frame, above the fixed one, moves with the gain. 80 dB is
+# librosa's ``power_to_db`` default ``top_db`` (relative to the frame, not the clip, so that
+# block-by-block scoring gives the same vector).
+SPECTRAL_TOP_DB: float | None = None
 
 
 def n_bands(n_bins: int, width: int) -> int:
@@ -159,6 +167,8 @@ class SpectralStats:
         x = logmel.astype(np.float64)
         if x.shape[1] == 0:
             return
+        if SPECTRAL_TOP_DB is not None:
+            np.maximum(x, x.max(axis=0) - SPECTRAL_TOP_DB, out=x)
         self.n += x.shape[1]
         self.sum += x.sum(axis=1)
         self.sq += (x * x).sum(axis=1)

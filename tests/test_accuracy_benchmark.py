@@ -75,7 +75,7 @@ def test_every_row_names_a_trained_variant_and_valid_components():
         assert variant in acc.VARIANTS, label
         allowed = scoring.MODEL_FREE if variant == acc.MODEL_FREE_VARIANT else scoring.task_components(acc.VARIANTS[variant][0])
         assert method in scoring.SCORINGS and set(comps) <= set(allowed), label
-        assert not version or version[0] in ("v1", "equal", "lw", "absolute"), label
+        assert not version or version[0] in ("v1", "equal", "lw", "absolute", "floor"), label
     # the default row is the product's default score, and needs no trained model
     assert acc.METHODS[0][0] == acc.MODEL_FREE_VARIANT and acc.METHODS[0][3] == scoring.DEFAULT_COMPONENTS
 
