@@ -75,19 +75,22 @@ VARIANTS = {
     "holdout25": ("multitask", {}, {"stats_holdout": 0.25}),
 }
 # (variant, label, scoring, components[, scoring variant]); the first row is the default.
-# Scoring variants: "v1" uses the previous spectral statistic (band mean and std only);
-# "equal" weighs every fusion component 1 (the learned fusion weighs `acoustic` 2); "lw" estimates the
-# shared covariances by Ledoit-Wolf (the rule before factor analysis); "absolute" keeps the band
-# means' absolute level (the statistic before bundle schema 7); "floor" floors each frame at its loudest
-# bin minus 80 dB (scoring.SPECTRAL_TOP_DB).
+# Scoring variants, joined by "+" where a row takes several: "v1" uses the previous spectral
+# statistic (band mean and std only); "equal" weighs every fusion component 1 (the learned fusion
+# weighs `acoustic` 2); "lw" estimates the shared covariances by Ledoit-Wolf (the rule before factor
+# analysis); "fixedfloor" leaves out the frame-relative floor (scoring.SPECTRAL_TOP_DB, bundle
+# schema 8); "absolute" keeps the band means' absolute level (with "fixedfloor": the statistic
+# before bundle schema 7). The model-free ablation rows were measured before schema 8 and keep that
+# statistic, so their cached results stay valid.
 METHODS = [
-    (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope, one Gaussian; no model)", "fusion", ("acoustic",)),
-    (MODEL_FREE_VARIANT, "component acoustic, absolute level (before schema 7)", "fusion", ("acoustic",), "absolute"),
-    (MODEL_FREE_VARIANT, "component acoustic, frame-relative floor (80 dB)", "fusion", ("acoustic",), "floor"),
-    (MODEL_FREE_VARIANT, "component spectral", "fusion", ("spectral",)),
+    (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope, one Gaussian, level-free, frame-relative floor; no model)", "fusion",
+     ("acoustic",)),
+    (MODEL_FREE_VARIANT, "component acoustic, fixed floor (the default of schema 7)", "fusion", ("acoustic",), "fixedfloor"),
+    (MODEL_FREE_VARIANT, "component acoustic, absolute level, fixed floor (before schema 7)", "fusion", ("acoustic",), "absolute+fixedfloor"),
+    (MODEL_FREE_VARIANT, "component spectral (fixed floor)", "fusion", ("spectral",), "fixedfloor"),
     (MODEL_FREE_VARIANT, "component envelope", "fusion", ("envelope",)),
-    (MODEL_FREE_VARIANT, "component acoustic, Ledoit-Wolf covariance", "fusion", ("acoustic",), "lw"),
-    (MODEL_FREE_VARIANT, "fusion spectral+envelope (no model)", "fusion", ("spectral", "envelope")),
+    (MODEL_FREE_VARIANT, "component acoustic, Ledoit-Wolf covariance (fixed floor)", "fusion", ("acoustic",), "lw+fixedfloor"),
+    (MODEL_FREE_VARIANT, "fusion spectral+envelope (no model; fixed floor)", "fusion", ("spectral", "envelope"), "fixedfloor"),
     (MODEL_FREE_VARIANT, "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
     ("multitask", "learned fusion recon+acoustic (weights 1:2; the default before schema 7)", "fusion", ("recon", "acoustic")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
@@ -131,10 +134,18 @@ FAR_TOLERANCE = 0.05  # a unit's rate counts as on target within this distance o
 # normal, out of sample); a seed's cached rows of another revision are then
 # recomputed, except the baseline and single scores of the model's components, which neither
 # change touched (a per-id AUC does not depend on per-id standardisation); 5: band means relative
-# to the clip's level, the model-free default first.
+# to the clip's level, the model-free default first. (Schema 8's frame-relative floor renamed rows
+# instead: RENAMED.)
 CACHE_REVISION = 5
 # Rows renamed since a seed's results were cached: new label -> label in older caches.
 RENAMED = {
+    "default: component acoustic (spectral+envelope, one Gaussian, level-free, frame-relative floor; no model)":
+        "component acoustic, frame-relative floor (80 dB)",
+    "component acoustic, fixed floor (the default of schema 7)": "default: component acoustic (spectral+envelope, one Gaussian; no model)",
+    "component acoustic, absolute level, fixed floor (before schema 7)": "component acoustic, absolute level (before schema 7)",
+    "component spectral (fixed floor)": "component spectral",
+    "component acoustic, Ledoit-Wolf covariance (fixed floor)": "component acoustic, Ledoit-Wolf covariance",
+    "fusion spectral+envelope (no model; fixed floor)": "fusion spectral+envelope (no model)",
     "learned fusion recon+acoustic (weights 1:2; the default before schema 7)": "default: fusion recon+acoustic (weights 1:2)",
     "fusion recon+spectral+envelope (default before acoustic)": "fusion recon+spectral+envelope (previous default)",
     "fusion recon+spectral (default before envelope)": "fusion recon+spectral (previous default)",
@@ -149,23 +160,31 @@ def spectral_v1(logmel: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def scoring_variant(version: str | None):
-    """Inside the block, score with the ``v1`` spectral statistic, with ``equal`` fusion weights or
-    with the band means' ``absolute`` level (the fit and the scorer both read them)."""
+    """Inside the block, score with the ``+``-joined scoring variants of ``version`` (see
+    METHODS; the fit and the scorer both read them)."""
     saved = scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS), scoring.RELATIVE_LEVEL, scoring.SPECTRAL_TOP_DB
-    if version == "v1":
+    parts = set(version.split("+")) if version else set()
+    unknown = parts - {"v1", "equal", "lw", "absolute", "fixedfloor"}
+    if unknown:
+        raise ValueError(f"unknown scoring variant(s): {', '.join(sorted(unknown))}")
+    if "v1" in parts:
         scoring.spectral_vector = spectral_v1
-    elif version == "equal":
+    if "equal" in parts:
         scoring.COMPONENT_WEIGHTS.clear()
-    elif version == "absolute":
+    if "absolute" in parts:
         scoring.RELATIVE_LEVEL = False
-    elif version == "floor":
-        scoring.SPECTRAL_TOP_DB = 80.0
+    if "fixedfloor" in parts:
+        scoring.SPECTRAL_TOP_DB = None
     try:
         yield
     finally:
         scoring.spectral_vector, scoring.RELATIVE_LEVEL, scoring.SPECTRAL_TOP_DB = saved[0], saved[2], saved[3]
         scoring.COMPONENT_WEIGHTS.clear()
         scoring.COMPONENT_WEIGHTS.update(saved[1])
+
+
+def uses_ledoit_wolf(version: str | None) -> bool:
+    return bool(version) and "lw" in version.split("+")
 
 
 def synthesise(out: Path, seed: int, n_test: int, severity: float = 1.0, snr_db: tuple[float, float] = (0.0, 6.0)) -> Path:
@@ -210,7 +229,7 @@ def fit_model_free(held: list, method: str = "fusion", comps: tuple[str, ...] = 
     types = sorted({m.split("/")[0] for m, _ in held})
     # TypeStats requires a log-mel normalisation; a model-free score never reads it.
     norms = {t: fit_normalization([ev.logmel for m, ev in held if m.split("/")[0] == t]) for t in types}
-    covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
+    covariance = "ledoit-wolf" if uses_ledoit_wolf(version) else TrainConfig.covariance
     stats, finals = fit_scoring_stats("multitask", sorted({m for m, _ in held}), norms, held, FAR_TARGET, method, comps, (), covariance)
     return stats, {m: len(v) for m, v in finals.items()}
 
@@ -252,7 +271,7 @@ def variant_scorer(data: Path, runs: Path, seed: int, variant: str, preset: str,
     test = compute_outputs(runner, test_store, list(range(len(test_store))), norms, run.model_cfg)
 
     def score(method: str, comps: tuple[str, ...], version: str | None):
-        covariance = "ledoit-wolf" if version == "lw" else TrainConfig.covariance
+        covariance = "ledoit-wolf" if uses_ledoit_wolf(version) else TrainConfig.covariance
         with scoring_variant(version):
             stats, finals = fit_scoring_stats(task, run.ckpt["class_map"], norms, held, TrainConfig.false_alarm_rate, method, comps,
                                               extra, covariance)

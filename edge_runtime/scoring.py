@@ -132,13 +132,13 @@ MODULATION_BAND = 8  # mel bins pooled per band for the modulation spectrum: 128
 # statistic do not see the level anyway. False keeps the absolute level (bundle schema < 7).
 RELATIVE_LEVEL = True
 # Each frame's log-mel is floored at its own loudest bin minus this many dB before the statistics
-# see it (None: no such floor). The front end's fixed floor (-80 dB) does not move with the gain,
-# so a band sitting on it (a 16-bit file's quantisation noise where an anti-alias filter emptied
-# the top bands) stays put when the microphone is turned down and seems to rise relative to the
-# rest; a floor relative to the frame, above the fixed one, moves with the gain. 80 dB is
-# librosa's ``power_to_db`` default ``top_db`` (relative to the frame, not the clip, so that
-# block-by-block scoring gives the same vector).
-SPECTRAL_TOP_DB: float | None = None
+# see it (None: the front end's fixed floor only, bundle schema < 8). The fixed floor (-80 dB) does
+# not move with the gain, so a band sitting on it (a 16-bit file's quantisation noise where an
+# anti-alias filter emptied the top bands) stays put when the microphone is turned down and seems
+# to rise relative to the rest; a floor relative to the frame, above the fixed one for frames
+# within ~80 dB of it, moves with the gain. 80 dB is librosa's ``power_to_db`` default ``top_db``,
+# taken per frame rather than per clip so that block-by-block scoring gives the same vector.
+SPECTRAL_TOP_DB: float | None = 80.0
 
 
 def n_bands(n_bins: int, width: int) -> int:
@@ -183,7 +183,7 @@ class SpectralStats:
         self.coarse.append(band_mean(x, MODULATION_BAND).astype(np.float32))
 
     def mean_std(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-bin mean and population std of the log-mel fed so far."""
+        """Per-bin mean and population std of the log-mel fed so far (after the frame-relative floor)."""
         mean = self.sum / self.n
         return mean, np.sqrt(np.maximum(self.sq / self.n - mean * mean, 0.0))
 
@@ -203,7 +203,8 @@ class SpectralStats:
 def spectral_vector(logmel: np.ndarray) -> np.ndarray:
     """The clip's log-mel statistics over time, pooled into bands: ``(n_mels, T) -> (spectral_dim,)``.
 
-    Per band of ``SPECTRAL_BAND`` bins: mean (relative to the clip's level, :data:`RELATIVE_LEVEL`),
+    Each frame is first floored :data:`SPECTRAL_TOP_DB` below its loudest bin. Per band of
+    ``SPECTRAL_BAND`` bins: mean (relative to the clip's level, :data:`RELATIVE_LEVEL`),
     std, and log std of the frame-to-frame change
     (impulsive content: knocks, clicks, stick-slip); per band of ``MODULATION_BAND`` bins: log
     power of the band's level in each ``MODULATION_EDGES_HZ`` range (periodic swells and impacts).

@@ -66,6 +66,11 @@ def test_scoring_variants_are_switched_back():
     bands = 128 // scoring.SPECTRAL_BAND
     assert np.allclose(absolute[:bands] - absolute[:bands].mean(), relative[:bands]) and np.allclose(absolute[bands:], relative[bands:])
     assert np.array_equal(scoring.spectral_vector(logmel), relative)
+    with acc.scoring_variant("absolute+fixedfloor"):
+        assert scoring.SPECTRAL_TOP_DB is None and not scoring.RELATIVE_LEVEL
+    assert scoring.SPECTRAL_TOP_DB == 80.0 and scoring.RELATIVE_LEVEL
+    with pytest.raises(ValueError, match="unknown scoring variant"), acc.scoring_variant("lw+floor"):
+        pass
 
 
 def test_every_row_names_a_trained_variant_and_valid_components():
@@ -75,7 +80,7 @@ def test_every_row_names_a_trained_variant_and_valid_components():
         assert variant in acc.VARIANTS, label
         allowed = scoring.MODEL_FREE if variant == acc.MODEL_FREE_VARIANT else scoring.task_components(acc.VARIANTS[variant][0])
         assert method in scoring.SCORINGS and set(comps) <= set(allowed), label
-        assert not version or version[0] in ("v1", "equal", "lw", "absolute", "floor"), label
+        assert not version or set(version[0].split("+")) <= {"v1", "equal", "lw", "absolute", "fixedfloor"}, label
     # the default row is the product's default score, and needs no trained model
     assert acc.METHODS[0][0] == acc.MODEL_FREE_VARIANT and acc.METHODS[0][3] == scoring.DEFAULT_COMPONENTS
 

@@ -272,12 +272,35 @@ def test_spectral_vector_in_chunks_equals_whole_clip(rng):
     from mtad.edge_runtime.scoring import SpectralStats, spectral_dim, spectral_vector
 
     x = rng.standard_normal((128, 700)) * 3 - 20
+    x[100:] -= 75  # quiet top bins, partly under each frame's relative floor (SPECTRAL_TOP_DB)
     whole = spectral_vector(x)
     assert whole.shape == (spectral_dim(128),) == (160,)
     acc = SpectralStats(128)
     for i in range(0, 700, 97):  # uneven chunks, as the block-by-block scorer feeds them
         acc.add(x[:, i : i + 97])
     np.testing.assert_allclose(acc.vector(), whole, rtol=0, atol=1e-9)
+
+
+def test_spectral_statistic_follows_a_turn_down_past_the_front_ends_fixed_floor(rng):
+    """A 16-bit file's top bins, emptied by an anti-alias filter, hold quantisation noise at the
+    front end's fixed -80 dB floor. Turned down 6 dB, that noise goes under the fixed floor and
+    stays put, so relative to the clip it seems to rise. Each frame floored 80 dB below its
+    loudest bin (bundle schema 8) follows the turn-down exactly; the fixed floor alone does not."""
+    from mtad.edge_runtime import scoring
+
+    sound = rng.standard_normal((128, 300)) * 4 + np.linspace(15, -30, 128)[:, None]  # each frame's loudest bin about +20 dB
+    sound[110:] = -84 + 2 * rng.standard_normal((18, 300))  # quantisation noise about the fixed floor
+    front_end = lambda gain_db: np.maximum(sound + gain_db, -80.0)  # noqa: E731  (what the log-mel front end outputs)
+    loud, quiet = front_end(0.0), front_end(-6.0)
+    assert scoring.SPECTRAL_TOP_DB == 80.0
+    np.testing.assert_allclose(scoring.spectral_vector(quiet), scoring.spectral_vector(loud), rtol=0, atol=1e-5)  # the modulation part is kept in float32
+    scoring.SPECTRAL_TOP_DB = None
+    try:
+        moved = scoring.spectral_vector(quiet) - scoring.spectral_vector(loud)
+    finally:
+        scoring.SPECTRAL_TOP_DB = 80.0
+    bands = 128 // scoring.SPECTRAL_BAND
+    assert moved[bands - 1] > 4  # the top band's mean, relative to the clip's level: up by most of the 6 dB
 
 
 def test_spectral_vector_sees_what_mean_and_std_miss(rng):
