@@ -135,9 +135,10 @@ RELATIVE_LEVEL = True
 # see it (None: the front end's fixed floor only, bundle schema < 8). The fixed floor (-80 dB) does
 # not move with the gain, so a band sitting on it (a 16-bit file's quantisation noise where an
 # anti-alias filter emptied the top bands) stays put when the microphone is turned down and seems
-# to rise relative to the rest; a floor relative to the frame, above the fixed one for frames
-# within ~80 dB of it, moves with the gain. 80 dB is librosa's ``power_to_db`` default ``top_db``,
-# taken per frame rather than per clip so that block-by-block scoring gives the same vector.
+# to rise relative to the rest; a floor relative to the frame moves with the gain, wherever the
+# frame's loudest bin lies more than 80 dB above the fixed floor. 80 dB is librosa's
+# ``power_to_db`` default ``top_db``, taken per frame rather than per clip so that block-by-block
+# scoring gives the same vector.
 SPECTRAL_TOP_DB: float | None = 80.0
 
 
