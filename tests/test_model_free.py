@@ -156,7 +156,8 @@ def test_default_score_ignores_the_microphone_gain(model_free, tiny_synth):
         audio = audio + noise[: len(audio)]
         loud, quiet = scorer.score_audio(audio, clip.machine), scorer.score_audio(audio / 4, clip.machine)
         assert quiet.score == pytest.approx(loud.score, rel=1e-3, abs=1e-3) and quiet.anomaly == loud.anomaly
-    moved = {}
+    moved, default_top_db = {}, scoring.SPECTRAL_TOP_DB
+    assert default_top_db == 80.0
     for top_db in (80.0, None):
         scoring.SPECTRAL_TOP_DB = top_db
         try:
@@ -166,7 +167,7 @@ def test_default_score_ignores_the_microphone_gain(model_free, tiny_synth):
                 loud, quiet = scorer.score_audio(audio, clip.machine), scorer.score_audio(audio / 2, clip.machine)
                 moved[top_db].append(abs(quiet.score - loud.score))
         finally:
-            scoring.SPECTRAL_TOP_DB = 80.0
+            scoring.SPECTRAL_TOP_DB = default_top_db
     # in score units (the ids' thresholds are 1-2): every bare clip moves less under the frame-relative
     # floor than any clip moves under the fixed floor alone, against the same statistics (measured: at
     # most 0.06 against 0.2-1.7)
