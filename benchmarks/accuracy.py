@@ -45,6 +45,7 @@ from mtad.edge_runtime import scoring
 from mtad.edge_runtime.atomic import atomic_write
 from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import scan_dataset
+from mtad.edge_runtime.envelope import tonality_dim
 from mtad.edge_runtime.features import fit_normalization
 from mtad.edge_runtime.scoring import DEFAULT_COMPONENTS, ClipEvidence
 from mtad.train.baseline import baseline_aucs
@@ -80,17 +81,21 @@ VARIANTS = {
 # weighs `acoustic` 2); "lw" estimates the shared covariances by Ledoit-Wolf (the rule before factor
 # analysis); "fixedfloor" leaves out the frame-relative floor (scoring.SPECTRAL_TOP_DB, bundle
 # schema 8); "absolute" keeps the band means' absolute level (with "fixedfloor": the statistic
-# before bundle schema 7). The model-free ablation rows were measured before schema 8 and keep that
-# statistic, so their cached results stay valid.
+# before bundle schema 7); "notonal" leaves out the envelope statistic's band flatness (bundle
+# schema 9: envelope.tonality_dim numbers at its end).
 METHODS = [
-    (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope, one Gaussian, level-free, frame-relative floor; no model)", "fusion",
+    (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope with band flatness, one Gaussian, level-free; no model)", "fusion",
      ("acoustic",)),
-    (MODEL_FREE_VARIANT, "component acoustic, fixed floor (the default of schema 7)", "fusion", ("acoustic",), "fixedfloor"),
-    (MODEL_FREE_VARIANT, "component acoustic, absolute level, fixed floor (before schema 7)", "fusion", ("acoustic",), "absolute+fixedfloor"),
-    (MODEL_FREE_VARIANT, "component spectral (fixed floor)", "fusion", ("spectral",), "fixedfloor"),
-    (MODEL_FREE_VARIANT, "component envelope", "fusion", ("envelope",)),
-    (MODEL_FREE_VARIANT, "component acoustic, Ledoit-Wolf covariance (fixed floor)", "fusion", ("acoustic",), "lw+fixedfloor"),
-    (MODEL_FREE_VARIANT, "fusion spectral+envelope (no model; fixed floor)", "fusion", ("spectral", "envelope"), "fixedfloor"),
+    (MODEL_FREE_VARIANT, "component acoustic without band flatness (the default of schema 8)", "fusion", ("acoustic",), "notonal"),
+    (MODEL_FREE_VARIANT, "component acoustic, fixed floor, no band flatness (the default of schema 7)", "fusion", ("acoustic",),
+     "fixedfloor+notonal"),
+    (MODEL_FREE_VARIANT, "component acoustic, absolute level, fixed floor, no band flatness (before schema 7)", "fusion", ("acoustic",),
+     "absolute+fixedfloor+notonal"),
+    (MODEL_FREE_VARIANT, "component spectral", "fusion", ("spectral",)),
+    (MODEL_FREE_VARIANT, "component envelope (with band flatness)", "fusion", ("envelope",)),
+    (MODEL_FREE_VARIANT, "component envelope without band flatness", "fusion", ("envelope",), "notonal"),
+    (MODEL_FREE_VARIANT, "component acoustic, Ledoit-Wolf covariance", "fusion", ("acoustic",), "lw"),
+    (MODEL_FREE_VARIANT, "fusion spectral+envelope (two scores; no model)", "fusion", ("spectral", "envelope")),
     (MODEL_FREE_VARIANT, "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
     ("multitask", "learned fusion recon+acoustic (weights 1:2; the default before schema 7)", "fusion", ("recon", "acoustic")),
     ("multitask", "paper: 2-D Mahalanobis", "paper", ()),
@@ -134,18 +139,11 @@ FAR_TOLERANCE = 0.05  # a unit's rate counts as on target within this distance o
 # normal, out of sample); a seed's cached rows of another revision are then
 # recomputed, except the baseline and single scores of the model's components, which neither
 # change touched (a per-id AUC does not depend on per-id standardisation); 5: band means relative
-# to the clip's level, the model-free default first. (Schema 8's frame-relative floor renamed rows
-# instead: RENAMED.)
-CACHE_REVISION = 5
+# to the clip's level, the model-free default first; 6: band flatness in the envelope statistic
+# (bundle schema 9; every row with `envelope` or `acoustic` changes).
+CACHE_REVISION = 6
 # Rows renamed since a seed's results were cached: new label -> label in older caches.
 RENAMED = {
-    "default: component acoustic (spectral+envelope, one Gaussian, level-free, frame-relative floor; no model)":
-        "component acoustic, frame-relative floor (80 dB)",
-    "component acoustic, fixed floor (the default of schema 7)": "default: component acoustic (spectral+envelope, one Gaussian; no model)",
-    "component acoustic, absolute level, fixed floor (before schema 7)": "component acoustic, absolute level (before schema 7)",
-    "component spectral (fixed floor)": "component spectral",
-    "component acoustic, Ledoit-Wolf covariance (fixed floor)": "component acoustic, Ledoit-Wolf covariance",
-    "fusion spectral+envelope (no model; fixed floor)": "fusion spectral+envelope (no model)",
     "learned fusion recon+acoustic (weights 1:2; the default before schema 7)": "default: fusion recon+acoustic (weights 1:2)",
     "fusion recon+spectral+envelope (default before acoustic)": "fusion recon+spectral+envelope (previous default)",
     "fusion recon+spectral (default before envelope)": "fusion recon+spectral (previous default)",
@@ -158,13 +156,26 @@ def spectral_v1(logmel: np.ndarray) -> np.ndarray:
     return np.concatenate([scoring.band_mean(x.mean(axis=1), scoring.SPECTRAL_BAND), scoring.band_mean(x.std(axis=1), scoring.SPECTRAL_BAND)])
 
 
+SCORING_VARIANTS = ("v1", "equal", "lw", "absolute", "fixedfloor", "notonal")
+
+
+def without_tonality(component_vector):
+    """``ScoringStats.component_vector`` with the band flatness cut from the envelope statistic's
+    end (the statistic before bundle schema 9)."""
+    def cut(self, component, ev):
+        v = component_vector(self, component, ev)
+        return v[: -tonality_dim()] if component in ("envelope", "acoustic") else v
+    return cut
+
+
 @contextmanager
 def scoring_variant(version: str | None):
     """Inside the block, score with the ``+``-joined scoring variants of ``version`` (see
     METHODS; the fit and the scorer both read them)."""
-    saved = scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS), scoring.RELATIVE_LEVEL, scoring.SPECTRAL_TOP_DB
+    saved = (scoring.spectral_vector, dict(scoring.COMPONENT_WEIGHTS), scoring.RELATIVE_LEVEL, scoring.SPECTRAL_TOP_DB,
+             scoring.ScoringStats.component_vector)
     parts = set(version.split("+")) if version else set()
-    unknown = parts - {"v1", "equal", "lw", "absolute", "fixedfloor"}
+    unknown = parts - set(SCORING_VARIANTS)
     if unknown:
         raise ValueError(f"unknown scoring variant(s): {', '.join(sorted(unknown))}")
     if "v1" in parts:
@@ -175,10 +186,13 @@ def scoring_variant(version: str | None):
         scoring.RELATIVE_LEVEL = False
     if "fixedfloor" in parts:
         scoring.SPECTRAL_TOP_DB = None
+    if "notonal" in parts:
+        scoring.ScoringStats.component_vector = without_tonality(saved[4])
     try:
         yield
     finally:
         scoring.spectral_vector, scoring.RELATIVE_LEVEL, scoring.SPECTRAL_TOP_DB = saved[0], saved[2], saved[3]
+        scoring.ScoringStats.component_vector = saved[4]
         scoring.COMPONENT_WEIGHTS.clear()
         scoring.COMPONENT_WEIGHTS.update(saved[1])
 

@@ -5,9 +5,10 @@
 The statistics and thresholds are fitted on each id's training normals as recorded; the test
 clips are then scored as a microphone with ``--gains`` dB more gain would hear them (the waveform
 scaled in float, so nothing clips). Each row is one statistic of the default's `acoustic`
-component at one gain: the default (bundle schema 8: band means relative to the clip's level,
-each frame floored 80 dB below its loudest bin), schema 7's (the front end's fixed -80 dB floor
-only), or the statistic before schema 7 (absolute level, fixed floor). Per row: mean AUC +- SE over seeds, the false-alarm
+component at one gain: the default (bundle schema 9: band means relative to the clip's level,
+each frame floored 80 dB below its loudest bin, band flatness), schema 8's (no band flatness),
+schema 7's (the front end's fixed -80 dB floor only), or the statistic before schema 7 (absolute
+level, fixed floor). Per row: mean AUC +- SE over seeds, the false-alarm
 rate on the unseen test normals at the stored thresholds, and how many (seed, id) units alarm on
 more than 20 % of their normals. Nothing is trained.
 """
@@ -30,8 +31,10 @@ from mtad.edge_runtime.features import LogMelExtractor  # noqa: E402
 from mtad.edge_runtime.scoring import ClipEvidence  # noqa: E402
 from mtad.train.evaluate import score_outputs  # noqa: E402
 
-STATISTICS = {"relative level, frame-relative floor (default, schema 8)": None, "relative level, fixed floor (schema 7)": "fixedfloor",
-              "absolute level, fixed floor (before schema 7)": "absolute+fixedfloor"}
+STATISTICS = {"relative level, frame-relative floor, band flatness (default, schema 9)": None,
+              "without band flatness (schema 8)": "notonal",
+              "relative level, fixed floor (schema 7)": "fixedfloor+notonal",
+              "absolute level, fixed floor (before schema 7)": "absolute+fixedfloor+notonal"}
 ALARMING = 0.2  # a unit "alarms all day" above this false-alarm rate on its normals
 
 

@@ -71,6 +71,15 @@ def test_scoring_variants_are_switched_back():
     assert scoring.SPECTRAL_TOP_DB == 80.0 and scoring.RELATIVE_LEVEL
     with pytest.raises(ValueError, match="unknown scoring variant"), acc.scoring_variant("lw+floor"):
         pass
+    # "notonal" cuts the band flatness from the envelope statistic's end (the statistic before schema 9)
+    from mtad.edge_runtime.envelope import envelope_dim, tonality_dim
+
+    st = scoring.ScoringStats("multitask", [], {})
+    ev = scoring.ClipEvidence(None, None, logmel, envelope=np.arange(envelope_dim(), dtype=float))
+    with acc.scoring_variant("notonal"):
+        assert np.array_equal(st.component_vector("envelope", ev), ev.envelope[: -tonality_dim()])
+        assert st.component_vector("acoustic", ev).shape == (dim[0] + envelope_dim() - tonality_dim(),)
+    assert np.array_equal(st.component_vector("envelope", ev), ev.envelope) and envelope_dim() - tonality_dim() == 84
 
 
 def test_every_row_names_a_trained_variant_and_valid_components():
@@ -80,7 +89,7 @@ def test_every_row_names_a_trained_variant_and_valid_components():
         assert variant in acc.VARIANTS, label
         allowed = scoring.MODEL_FREE if variant == acc.MODEL_FREE_VARIANT else scoring.task_components(acc.VARIANTS[variant][0])
         assert method in scoring.SCORINGS and set(comps) <= set(allowed), label
-        assert not version or set(version[0].split("+")) <= {"v1", "equal", "lw", "absolute", "fixedfloor"}, label
+        assert not version or set(version[0].split("+")) <= set(acc.SCORING_VARIANTS), label
     # the default row is the product's default score, and needs no trained model
     assert acc.METHODS[0][0] == acc.MODEL_FREE_VARIANT and acc.METHODS[0][3] == scoring.DEFAULT_COMPONENTS
 

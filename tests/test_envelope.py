@@ -11,6 +11,7 @@ from mtad.edge_runtime.envelope import (
     envelope_dim,
     envelope_vector,
     modulation_power,
+    tonality_dim,
 )
 from mtad.edge_runtime.errors import BundleError
 from mtad.edge_runtime.features import LogMelExtractor
@@ -41,7 +42,7 @@ def test_streaming_equals_whole_clip():
         step = int(rng.integers(1, 9000))  # chunks shorter and longer than a frame
         acc.add(audio[i : i + step])
         i += step
-    assert whole.shape == (envelope_dim(),) == (84,)
+    assert whole.shape == (envelope_dim(),) == (96,)
     assert np.all(np.isfinite(whole))
     np.testing.assert_allclose(acc.vector(), whole, rtol=0, atol=1e-6)
 
@@ -66,7 +67,7 @@ def test_too_short_is_refused():
 
 def test_sees_a_25_hz_level_swell_that_the_log_mel_statistic_barely_sees():
     steady, swelling = _clips(25.0)
-    change = (envelope_vector(swelling) - envelope_vector(steady)).reshape(len(ENVELOPE_BAND_EDGES_HZ) - 1, -1)
+    change = (envelope_vector(swelling) - envelope_vector(steady))[: -tonality_dim()].reshape(tonality_dim(), -1)
     in_range = list(zip(ENVELOPE_MODULATION_EDGES_HZ[:-1], ENVELOPE_MODULATION_EDGES_HZ[1:])).index((16.0, 32.0))
     lo = np.array(ENVELOPE_BAND_EDGES_HZ[:-1])
     hi = np.array(ENVELOPE_BAND_EDGES_HZ[1:])
@@ -85,3 +86,33 @@ def test_scoring_without_envelope_evidence_is_a_clear_error():
     assert st.needs_envelope
     with pytest.raises(BundleError, match="envelope score needs"):
         st.component_vector("envelope", ClipEvidence(None, None, np.zeros((128, 10))))
+
+
+def test_band_flatness_tells_harmonic_lines_from_noise_at_any_level():
+    """The statistic's last numbers: each band's log spectral flatness in the long-term spectrum.
+    White noise is flat (near 0) everywhere; a 50 Hz machine's harmonics over it are far from flat
+    in the bands they dominate; friction noise filling the gaps between them (a rubbing fault) moves
+    those bands back toward flat. A ratio of powers: 12 dB quieter changes nothing."""
+    rng = np.random.default_rng(4)
+    t = np.arange(10 * SR) / SR
+    noise = 0.01 * rng.standard_normal(t.size)
+    harmonics = sum(0.1 / k * np.sin(2 * np.pi * 50 * k * t + k) for k in range(3, 40))  # 150-1950 Hz
+    machine = (harmonics + noise).astype(np.float32)
+    rubbing = (harmonics + noise + 0.1 * signal.sosfilt(signal.butter(4, [300, 1800], btype="bandpass", fs=SR, output="sos"),
+                                                          rng.standard_normal(t.size))).astype(np.float32)
+    flat = lambda a: envelope_vector(a)[-tonality_dim():]  # noqa: E731
+    lo = np.array(ENVELOPE_BAND_EDGES_HZ[:-1])
+    hi = np.array(ENVELOPE_BAND_EDGES_HZ[1:])
+    lines, above = hi <= 2000, lo >= 1900
+    assert lines.sum() == 8 and above.sum() == 4
+    white = flat(noise.astype(np.float32))
+    assert np.abs(white).max() < 0.05
+    assert flat(machine)[lines].max() < -1.0 and np.abs(flat(machine)[above]).max() < 0.05
+    inside = (lo >= 280) & (hi <= 1500)  # bands the friction noise fills
+    assert inside.sum() == 5 and (flat(rubbing) - flat(machine))[inside].min() > 1.0
+    np.testing.assert_allclose(flat(machine / 4), flat(machine), rtol=0, atol=1e-4)
+
+
+def test_too_short_for_the_long_term_spectrum_is_refused():
+    with pytest.raises(ValueError, match="at least 4096 samples"):
+        envelope_vector(np.random.default_rng(5).standard_normal(3000).astype(np.float32))

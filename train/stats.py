@@ -90,7 +90,7 @@ def within_id_precision(deviations: np.ndarray, rule: str, warm: np.ndarray | No
     variance per feature (``sklearn.decomposition.FactorAnalysis``); ``ledoit-wolf``: shrinkage
     toward a scaled identity. The clip statistics have a few strong shared directions (background level and
     colour move every band together) and many weak, mostly spurious correlations. A shrinkage
-    treats them all alike: with 120 rows in 244 dimensions Ledoit-Wolf picks an intensity near
+    treats them all alike: with 120 rows in 244 dimensions (schema 8) Ledoit-Wolf picks an intensity near
     0.02, which keeps the spurious correlations and leaves the directions the rows do not span
     with almost no variance, so noise there dominates the distance. The factor model keeps the
     strong directions whole and gives every feature its own residual variance. ``warm``: residual
