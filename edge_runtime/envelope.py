@@ -61,6 +61,20 @@ for _k, _b in enumerate(_BINS):
 _WINDOW = np.hanning(ENVELOPE_NFFT + 1)[:-1].astype(np.float32)  # periodic Hann
 
 
+def _frame_power(tail: np.ndarray, audio: np.ndarray, n_fft: int, hop: int, window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Power spectra ``(frames, n_fft // 2 + 1)`` of the whole frames in ``tail`` + ``audio``, and
+    the samples left for the next chunk's first frame."""
+    import scipy.fft  # here, not at import: keeps the runtime's start-up lean; ~25 % faster than numpy's FFT on float32
+
+    buf = np.concatenate([tail, audio])
+    n = 1 + (len(buf) - n_fft) // hop if len(buf) >= n_fft else 0
+    if n <= 0:
+        return np.zeros((0, n_fft // 2 + 1), np.float32), buf
+    frames = np.lib.stride_tricks.sliding_window_view(buf, n_fft)[: n * hop : hop]
+    spec = scipy.fft.rfft(frames * window, axis=1)  # complex64 (n, bins)
+    return spec.real * spec.real + spec.imag * spec.imag, buf[n * hop :]
+
+
 class EnvelopeStats:
     """Running state behind :func:`envelope_vector`, fed mono 16 kHz audio in consecutive chunks.
 
@@ -77,33 +91,15 @@ class EnvelopeStats:
         self.power_sum = np.zeros(TONALITY_NFFT // 2 + 1)
 
     def add(self, audio: np.ndarray) -> None:
-        import scipy.fft  # here, not at import: keeps the runtime's start-up lean; ~25 % faster than numpy's FFT on float32
-
         audio = np.asarray(audio, np.float32)
-        self._add_tonal(audio, scipy.fft)
-        buf = np.concatenate([self.tail, audio])
-        n = 1 + (len(buf) - ENVELOPE_NFFT) // ENVELOPE_HOP if len(buf) >= ENVELOPE_NFFT else 0
-        if n <= 0:
-            self.tail = buf
-            return
-        frames = np.lib.stride_tricks.sliding_window_view(buf, ENVELOPE_NFFT)[: n * ENVELOPE_HOP : ENVELOPE_HOP]
-        spec = scipy.fft.rfft(frames * _WINDOW, axis=1)  # complex64 (n, bins)
-        power = spec.real * spec.real + spec.imag * spec.imag
-        self.tail = buf[n * ENVELOPE_HOP :]
-        self.n += n
-        self.levels.append(np.log(power @ _BAND_SUM + np.float32(_EPS)).T)
-
-    def _add_tonal(self, audio: np.ndarray, fft) -> None:
-        buf = np.concatenate([self.tonal_tail, audio])
-        n = 1 + (len(buf) - TONALITY_NFFT) // TONALITY_HOP if len(buf) >= TONALITY_NFFT else 0
-        if n <= 0:
-            self.tonal_tail = buf
-            return
-        frames = np.lib.stride_tricks.sliding_window_view(buf, TONALITY_NFFT)[: n * TONALITY_HOP : TONALITY_HOP]
-        spec = fft.rfft(frames * _TONAL_WINDOW, axis=1)
-        self.power_sum += (spec.real * spec.real + spec.imag * spec.imag).sum(axis=0, dtype=np.float64)
-        self.tonal_tail = buf[n * TONALITY_HOP :]
-        self.n_tonal += n
+        power, self.tail = _frame_power(self.tail, audio, ENVELOPE_NFFT, ENVELOPE_HOP, _WINDOW)
+        if len(power):
+            self.n += len(power)
+            self.levels.append(np.log(power @ _BAND_SUM + np.float32(_EPS)).T)
+        power, self.tonal_tail = _frame_power(self.tonal_tail, audio, TONALITY_NFFT, TONALITY_HOP, _TONAL_WINDOW)
+        if len(power):
+            self.n_tonal += len(power)
+            self.power_sum += power.sum(axis=0, dtype=np.float64)
 
     def flatness(self) -> np.ndarray:
         """Log spectral flatness of each band in the long-term spectrum fed so far (<= 0; 0: white)."""
