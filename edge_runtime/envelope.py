@@ -44,7 +44,7 @@ def tonality_dim() -> int:
 
 def envelope_dim() -> int:
     """Length of :func:`envelope_vector`."""
-    return tonality_dim() * (len(ENVELOPE_MODULATION_EDGES_HZ) - 1) + tonality_dim()
+    return (len(ENVELOPE_BAND_EDGES_HZ) - 1) * (len(ENVELOPE_MODULATION_EDGES_HZ) - 1) + tonality_dim()
 
 
 def _band_bins(n_fft: int) -> list[np.ndarray]:

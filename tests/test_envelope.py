@@ -67,7 +67,7 @@ def test_too_short_is_refused():
 
 def test_sees_a_25_hz_level_swell_that_the_log_mel_statistic_barely_sees():
     steady, swelling = _clips(25.0)
-    change = (envelope_vector(swelling) - envelope_vector(steady))[: -tonality_dim()].reshape(tonality_dim(), -1)
+    change = (envelope_vector(swelling) - envelope_vector(steady))[: -tonality_dim()].reshape(len(ENVELOPE_BAND_EDGES_HZ) - 1, -1)
     in_range = list(zip(ENVELOPE_MODULATION_EDGES_HZ[:-1], ENVELOPE_MODULATION_EDGES_HZ[1:])).index((16.0, 32.0))
     lo = np.array(ENVELOPE_BAND_EDGES_HZ[:-1])
     hi = np.array(ENVELOPE_BAND_EDGES_HZ[1:])
