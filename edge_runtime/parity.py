@@ -65,6 +65,10 @@ DEFAULT_SCORE_BUDGETS = {
     "int8": {"min_spearman": 0.95, "max_rel_error": 0.25},
 }
 N_BOOTSTRAP = 1000
+# A machine with fewer reference clips than this measures relative score error against the
+# within-machine spread pooled over every machine compared: the std of two or three scores is
+# noise, and a near tie between them would make any drift look huge.
+MIN_SPREAD_CLIPS = 10
 CI_LEVEL = 0.95
 
 
@@ -120,14 +124,15 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float, score
     for v in variant:
         if v.key in ref:
             pairs[v.machine].append((ref[v.key], v))
+    pooled = pooled_spreads(pairs.values())
     machines = {}
     for machine, items in sorted(pairs.items()):
         y = np.array([r.label for r, _ in items])
         rs = np.array([r.score for r, _ in items], np.float64)
         vs = np.array([v.score for _, v in items], np.float64)
         agree = np.array([(r.score > r.threshold) == (v.score > v.threshold) for r, v in items])
-        rel = np.abs(vs - rs) / max(float(rs.std()), 1e-12)
-        component_rel = model_component_drift(items)
+        rel = np.abs(vs - rs) / max(float(rs.std()) if len(rs) >= MIN_SPREAD_CLIPS else pooled.get(None, 0.0), 1e-12)
+        component_rel = model_component_drift(items, pooled)
         rho = float(spearmanr(rs, vs).statistic) if len(items) > 2 and np.ptp(rs) > 0 and np.ptp(vs) > 0 else None
         entry = {
             "n": len(items),
@@ -168,9 +173,28 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float, score
             "n_missing": len(reference) - sum(len(v) for v in pairs.values())}
 
 
-def model_component_drift(items: list[tuple[Scored, Scored]]) -> float | None:
+def _reference_values(items: list[tuple[Scored, Scored]], name: str | None) -> np.ndarray:
+    """The reference side's fused score (``name`` None) or component ``name`` of each pair."""
+    return np.array([r.score if name is None else (r.components or {}).get(name, np.nan) for r, _ in items], np.float64)
+
+
+def pooled_spreads(groups) -> dict:
+    """``{None: fused score, component: ...}``: the reference scores' standard deviation around
+    their own machine's mean, pooled over the machines (groups of (reference, variant) pairs)."""
+    groups = [g for g in groups if g]
+    names = {None} | {k for g in groups for r, _ in g for k in (r.components or {})}
+    out = {}
+    for name in names:
+        dev = [x - x.mean() for x in (_reference_values(g, name) for g in groups) for x in [x[np.isfinite(x)]] if len(x)]
+        if dev:
+            out[name] = float(np.sqrt(np.mean(np.concatenate(dev) ** 2)))
+    return out
+
+
+def model_component_drift(items: list[tuple[Scored, Scored]], pooled: dict | None = None) -> float | None:
     """The worst ``|variant - reference| / std(reference)`` over the (reference, variant) pairs of
-    one machine and every model component both report; None when neither reports one."""
+    one machine and every model component both report; None when neither reports one. With fewer
+    than ``MIN_SPREAD_CLIPS`` pairs the std is ``pooled[component]`` (:func:`pooled_spreads`)."""
     from .scoring import MODEL_FREE
 
     names = set.intersection(*[set(r.components or {}) & set(v.components or {}) for r, v in items]) if items else set()
@@ -181,7 +205,8 @@ def model_component_drift(items: list[tuple[Scored, Scored]]) -> float | None:
         ok = np.isfinite(ref) & np.isfinite(var)
         if ok.sum() < 2:
             continue
-        drift = float(np.max(np.abs(var[ok] - ref[ok])) / max(float(ref[ok].std()), 1e-12))
+        spread = float(ref[ok].std()) if ok.sum() >= MIN_SPREAD_CLIPS or not pooled or name not in pooled else pooled[name]
+        drift = float(np.max(np.abs(var[ok] - ref[ok])) / max(spread, 1e-12))
         worst = drift if worst is None else max(worst, drift)
     return worst
 

@@ -8,8 +8,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from mtad.edge_runtime.parity import (DEFAULT_SCORE_BUDGETS, Scored, auc_by_ranks, compare, dauc_interval, format_report, roc_auc,
-                                      size_adjusted_budget)
+from mtad.edge_runtime.parity import (DEFAULT_SCORE_BUDGETS, MIN_SPREAD_CLIPS, Scored, auc_by_ranks, compare, dauc_interval, format_report,
+                                      pooled_spreads, roc_auc, size_adjusted_budget)
 
 
 def _scored(scores, labels, machine="fan/id_00", threshold=1.0):
@@ -110,3 +110,22 @@ def test_a_broken_model_component_is_not_hidden_by_the_model_free_ones():
     assert e["score_over_budget"]
     plain = compare(_scored([s.score for s in ref], y), _scored([s.score for s in var], y), 0.01, DEFAULT_SCORE_BUDGETS["int8"])["machines"]["fan/id_00"]
     assert plain["max_component_rel_error"] is None and not plain["score_over_budget"]  # without components: the fused score only
+
+
+def test_few_reference_clips_measure_drift_against_the_pooled_spread():
+    """Two normals a machine (accuracy control on held-out training normals of a tiny set): their
+    own std is noise, and a near tie would make a drift of 0.01 look like many spreads. Under
+    MIN_SPREAD_CLIPS clips the scale is the within-machine spread pooled over the machines."""
+    assert MIN_SPREAD_CLIPS == 10
+    ref = [Scored("a0", "fan/id_00", 0, 1.000, 9.0), Scored("a1", "fan/id_00", 0, 1.002, 9.0),  # a near tie
+           Scored("b0", "fan/id_02", 0, 0.0, 9.0), Scored("b1", "fan/id_02", 0, 2.0, 9.0)]
+    var = [Scored(r.key, r.machine, r.label, r.score + (0.01 if r.key == "a0" else 0.0), r.threshold) for r in ref]
+    res = compare(ref, var, 0.01, DEFAULT_SCORE_BUDGETS["int8"])
+    pooled = np.sqrt(np.mean(np.array([0.001, 0.001, 1.0, 1.0]) ** 2))  # deviations from each machine's own mean
+    assert pooled_spreads([list(zip(ref[:2], var[:2])), list(zip(ref[2:], var[2:]))])[None] == pytest.approx(pooled)
+    assert res["machines"]["fan/id_00"]["max_rel_error"] == pytest.approx(0.01 / pooled)  # not 0.01 / 0.001 = 10
+    assert not res["score_over_budget"]
+    many = [Scored(f"c{i}", "fan/id_00", 0, float(i), 9.0) for i in range(MIN_SPREAD_CLIPS)]
+    moved = [Scored(s.key, s.machine, 0, s.score + (1.0 if s.key == "c0" else 0.0), 9.0) for s in many]
+    e = compare(many + ref[2:], moved + var[2:], 0.01, DEFAULT_SCORE_BUDGETS["int8"])["machines"]["fan/id_00"]
+    assert e["max_rel_error"] == pytest.approx(1.0 / np.std(np.arange(MIN_SPREAD_CLIPS)))  # enough clips: the machine's own std
