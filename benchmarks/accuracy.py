@@ -45,7 +45,7 @@ from mtad.edge_runtime import scoring
 from mtad.edge_runtime.atomic import atomic_write
 from mtad.edge_runtime.constants import MAX_FPR
 from mtad.edge_runtime.dataset import scan_dataset
-from mtad.edge_runtime.envelope import tonality_dim
+from mtad.edge_runtime.envelope import lines_dim, tonality_dim
 from mtad.edge_runtime.features import fit_normalization
 from mtad.edge_runtime.scoring import DEFAULT_COMPONENTS, ClipEvidence
 from mtad.train.baseline import baseline_aucs
@@ -81,19 +81,23 @@ VARIANTS = {
 # weighs `acoustic` 2); "lw" estimates the shared covariances by Ledoit-Wolf (the rule before factor
 # analysis); "fixedfloor" leaves out the frame-relative floor (scoring.SPECTRAL_TOP_DB, bundle
 # schema 8); "absolute" keeps the band means' absolute level (with "fixedfloor": the statistic
-# before bundle schema 7); "notonal" leaves out the envelope statistic's band flatness (bundle
-# schema 9: envelope.tonality_dim numbers at its end).
+# before bundle schema 7); "nolines" leaves out the envelope statistic's line strengths (bundle
+# schema 10: envelope.lines_dim numbers at its end; the statistic of schema 9); "notonal" leaves out
+# its band flatness as well (the tonality_dim numbers before them; the statistic of schema 8).
 METHODS = [
-    (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope with band flatness, one Gaussian, level-free; no model)", "fusion",
-     ("acoustic",)),
-    (MODEL_FREE_VARIANT, "component acoustic without band flatness (the default of schema 8)", "fusion", ("acoustic",), "notonal"),
+    (MODEL_FREE_VARIANT, "default: component acoustic (spectral+envelope with band flatness and line strength, one Gaussian, level-free; "
+     "no model)", "fusion", ("acoustic",)),
+    (MODEL_FREE_VARIANT, "component acoustic without line strength (the default of schema 9)", "fusion", ("acoustic",), "nolines"),
+    (MODEL_FREE_VARIANT, "component acoustic without band flatness or line strength (the default of schema 8)", "fusion", ("acoustic",),
+     "notonal"),
     (MODEL_FREE_VARIANT, "component acoustic, fixed floor, no band flatness (the default of schema 7)", "fusion", ("acoustic",),
      "fixedfloor+notonal"),
     (MODEL_FREE_VARIANT, "component acoustic, absolute level, fixed floor, no band flatness (before schema 7)", "fusion", ("acoustic",),
      "absolute+fixedfloor+notonal"),
     (MODEL_FREE_VARIANT, "component spectral", "fusion", ("spectral",)),
-    (MODEL_FREE_VARIANT, "component envelope (with band flatness)", "fusion", ("envelope",)),
-    (MODEL_FREE_VARIANT, "component envelope without band flatness", "fusion", ("envelope",), "notonal"),
+    (MODEL_FREE_VARIANT, "component envelope (with band flatness and line strength)", "fusion", ("envelope",)),
+    (MODEL_FREE_VARIANT, "component envelope without line strength", "fusion", ("envelope",), "nolines"),
+    (MODEL_FREE_VARIANT, "component envelope without band flatness or line strength", "fusion", ("envelope",), "notonal"),
     (MODEL_FREE_VARIANT, "component acoustic, Ledoit-Wolf covariance", "fusion", ("acoustic",), "lw"),
     (MODEL_FREE_VARIANT, "fusion spectral+envelope (two scores; no model)", "fusion", ("spectral", "envelope")),
     (MODEL_FREE_VARIANT, "component spectral v1 (mean/std only)", "fusion", ("spectral",), "v1"),
@@ -140,8 +144,9 @@ FAR_TOLERANCE = 0.05  # a unit's rate counts as on target within this distance o
 # recomputed, except the baseline and single scores of the model's components, which neither
 # change touched (a per-id AUC does not depend on per-id standardisation); 5: band means relative
 # to the clip's level, the model-free default first; 6: band flatness in the envelope statistic
-# (bundle schema 9; every row with `envelope` or `acoustic` changes).
-CACHE_REVISION = 6
+# (bundle schema 9; every row with `envelope` or `acoustic` changes); 7: line strength in the
+# envelope statistic (bundle schema 10; the same rows change).
+CACHE_REVISION = 7
 # Rows renamed since a seed's results were cached: new label -> label in older caches.
 RENAMED = {
     "learned fusion recon+acoustic (weights 1:2; the default before schema 7)": "default: fusion recon+acoustic (weights 1:2)",
@@ -156,15 +161,15 @@ def spectral_v1(logmel: np.ndarray) -> np.ndarray:
     return np.concatenate([scoring.band_mean(x.mean(axis=1), scoring.SPECTRAL_BAND), scoring.band_mean(x.std(axis=1), scoring.SPECTRAL_BAND)])
 
 
-SCORING_VARIANTS = ("v1", "equal", "lw", "absolute", "fixedfloor", "notonal")
+SCORING_VARIANTS = ("v1", "equal", "lw", "absolute", "fixedfloor", "nolines", "notonal")
 
 
-def without_tonality(component_vector):
-    """``ScoringStats.component_vector`` with the band flatness cut from the envelope statistic's
-    end (the statistic before bundle schema 9)."""
+def without_envelope_tail(component_vector, n: int):
+    """``ScoringStats.component_vector`` with the last ``n`` numbers of the envelope statistic cut
+    (``lines_dim()``: the statistic of bundle schema 9; ``+ tonality_dim()``: of schema 8)."""
     def cut(self, component, ev):
         v = component_vector(self, component, ev)
-        return v[: -tonality_dim()] if component in ("envelope", "acoustic") else v
+        return v[:-n] if component in ("envelope", "acoustic") else v
     return cut
 
 
@@ -187,7 +192,9 @@ def scoring_variant(version: str | None):
     if "fixedfloor" in parts:
         scoring.SPECTRAL_TOP_DB = None
     if "notonal" in parts:
-        scoring.ScoringStats.component_vector = without_tonality(saved[4])
+        scoring.ScoringStats.component_vector = without_envelope_tail(saved[4], lines_dim() + tonality_dim())
+    elif "nolines" in parts:
+        scoring.ScoringStats.component_vector = without_envelope_tail(saved[4], lines_dim())
     try:
         yield
     finally:

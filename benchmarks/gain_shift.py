@@ -31,8 +31,9 @@ from mtad.edge_runtime.features import LogMelExtractor  # noqa: E402
 from mtad.edge_runtime.scoring import ClipEvidence  # noqa: E402
 from mtad.train.evaluate import score_outputs  # noqa: E402
 
-STATISTICS = {"relative level, frame-relative floor, band flatness (default, schema 9)": None,
-              "without band flatness (schema 8)": "notonal",
+STATISTICS = {"relative level, frame-relative floor, band flatness, line strength (default, schema 10)": None,
+              "without line strength (schema 9)": "nolines",
+              "without band flatness or line strength (schema 8)": "notonal",
               "relative level, fixed floor (schema 7)": "fixedfloor+notonal",
               "absolute level, fixed floor (before schema 7)": "absolute+fixedfloor+notonal"}
 ALARMING = 0.2  # a unit "alarms all day" above this false-alarm rate on its normals

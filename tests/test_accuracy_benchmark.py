@@ -71,15 +71,20 @@ def test_scoring_variants_are_switched_back():
     assert scoring.SPECTRAL_TOP_DB == 80.0 and scoring.RELATIVE_LEVEL
     with pytest.raises(ValueError, match="unknown scoring variant"), acc.scoring_variant("lw+floor"):
         pass
-    # "notonal" cuts the band flatness from the envelope statistic's end (the statistic before schema 9)
-    from mtad.edge_runtime.envelope import envelope_dim, tonality_dim
+    # "nolines" cuts the line strengths from the envelope statistic's end (the statistic of schema 9),
+    # "notonal" the band flatness before them as well (the statistic of schema 8)
+    from mtad.edge_runtime.envelope import envelope_dim, lines_dim, tonality_dim
 
     st = scoring.ScoringStats("multitask", [], {})
     ev = scoring.ClipEvidence(None, None, logmel, envelope=np.arange(envelope_dim(), dtype=float))
+    with acc.scoring_variant("nolines"):
+        assert np.array_equal(st.component_vector("envelope", ev), ev.envelope[:96])
+        assert st.component_vector("acoustic", ev).shape == (dim[0] + 96,)
     with acc.scoring_variant("notonal"):
-        assert np.array_equal(st.component_vector("envelope", ev), ev.envelope[: -tonality_dim()])
-        assert st.component_vector("acoustic", ev).shape == (dim[0] + envelope_dim() - tonality_dim(),)
-    assert np.array_equal(st.component_vector("envelope", ev), ev.envelope) and envelope_dim() - tonality_dim() == 84
+        assert np.array_equal(st.component_vector("envelope", ev), ev.envelope[:84])
+        assert st.component_vector("acoustic", ev).shape == (dim[0] + 84,)
+    assert np.array_equal(st.component_vector("envelope", ev), ev.envelope)
+    assert (envelope_dim(), tonality_dim(), lines_dim()) == (132, 12, 36)
 
 
 def test_every_row_names_a_trained_variant_and_valid_components():

@@ -14,7 +14,7 @@ from mtad.edge_runtime.audio import load_audio
 from mtad.edge_runtime.envelope import envelope_vector
 
 
-@lru_cache(maxsize=1 << 16)  # 96 float64 a clip: at most ~50 MB
+@lru_cache(maxsize=1 << 16)  # 132 float64 a clip: at most ~70 MB
 def _envelope(path: str, mtime_ns: int, size: int) -> np.ndarray:
     vector = envelope_vector(load_audio(path))
     vector.setflags(write=False)  # shared by every caller
