@@ -22,8 +22,9 @@ noise spreads over all of them. Per band and per modulation range (4-16, 16-64 a
 shaft, gear-mesh and bearing rates), the log ratio of the range's highest periodogram bin to its
 median, from a fast STFT (128 samples, hop 32: 500 power samples a second). A ratio again, so
 level-free. 132 numbers per clip. (Per-band spectral kurtosis was tried as well and added
-nothing measurable on the synthetic set, so it is not part of the statistic.) :class:`EnvelopeStats` accumulates them from consecutive chunks of
-audio (long files, block by block) with the same result as one call on the whole clip.
+nothing measurable on the synthetic set, so it is not part of the statistic.)
+:class:`EnvelopeStats` accumulates them from consecutive chunks of audio (long files, block by
+block) with the same result as one call on the whole clip.
 """
 
 from __future__ import annotations

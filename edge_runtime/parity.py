@@ -185,9 +185,14 @@ def pooled_spreads(groups) -> dict:
     names = {None} | {k for g in groups for r, _ in g for k in (r.components or {})}
     out = {}
     for name in names:
-        dev = [x - x.mean() for x in (_reference_values(g, name) for g in groups) for x in [x[np.isfinite(x)]] if len(x)]
-        if dev:
-            out[name] = float(np.sqrt(np.mean(np.concatenate(dev) ** 2)))
+        deviations = []
+        for g in groups:
+            x = _reference_values(g, name)
+            x = x[np.isfinite(x)]
+            if len(x):
+                deviations.append(x - x.mean())
+        if deviations:
+            out[name] = float(np.sqrt(np.mean(np.concatenate(deviations) ** 2)))
     return out
 
 
