@@ -131,7 +131,7 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float, score
         rs = np.array([r.score for r, _ in items], np.float64)
         vs = np.array([v.score for _, v in items], np.float64)
         agree = np.array([(r.score > r.threshold) == (v.score > v.threshold) for r, v in items])
-        rel = np.abs(vs - rs) / max(float(rs.std()) if len(rs) >= MIN_SPREAD_CLIPS else pooled.get(None, 0.0), 1e-12)
+        rel = np.abs(vs - rs) / max(_spread(rs, pooled.get(None)), 1e-12)
         component_rel = model_component_drift(items, pooled)
         rho = float(spearmanr(rs, vs).statistic) if len(items) > 2 and np.ptp(rs) > 0 and np.ptp(vs) > 0 else None
         entry = {
@@ -178,6 +178,12 @@ def _reference_values(items: list[tuple[Scored, Scored]], name: str | None) -> n
     return np.array([r.score if name is None else (r.components or {}).get(name, np.nan) for r, _ in items], np.float64)
 
 
+def _spread(values: np.ndarray, pooled: float | None) -> float:
+    """The scale of a relative score error: ``values``' own std, or the pooled within-machine
+    spread where they are fewer than ``MIN_SPREAD_CLIPS`` (and a pooled one exists)."""
+    return float(values.std()) if len(values) >= MIN_SPREAD_CLIPS or pooled is None else pooled
+
+
 def pooled_spreads(groups) -> dict:
     """``{None: fused score, component: ...}``: the reference scores' standard deviation around
     their own machine's mean, pooled over the machines (groups of (reference, variant) pairs)."""
@@ -210,8 +216,7 @@ def model_component_drift(items: list[tuple[Scored, Scored]], pooled: dict | Non
         ok = np.isfinite(ref) & np.isfinite(var)
         if ok.sum() < 2:
             continue
-        spread = float(ref[ok].std()) if ok.sum() >= MIN_SPREAD_CLIPS or not pooled or name not in pooled else pooled[name]
-        drift = float(np.max(np.abs(var[ok] - ref[ok])) / max(spread, 1e-12))
+        drift = float(np.max(np.abs(var[ok] - ref[ok])) / max(_spread(ref[ok], (pooled or {}).get(name)), 1e-12))
         worst = drift if worst is None else max(worst, drift)
     return worst
 
