@@ -21,7 +21,11 @@ spectrum of vibration diagnostics), since 10 s of periodic knocks add up in one 
 noise spreads over all of them. Per band and per modulation range (4-16, 16-64 and 64-250 Hz:
 shaft, gear-mesh and bearing rates), the log ratio of the range's highest periodogram bin to its
 median, from a fast STFT (128 samples, hop 32: 500 power samples a second). A ratio again, so
-level-free. 132 numbers per clip. (Per-band spectral kurtosis was tried as well and added
+level-free. A recording of 20 s or more is cut into consecutive stretches of 10-20 s whose line
+strengths are averaged, weighted by length (since bundle schema 11; shorter clips are one
+stretch, as before): the highest of a periodogram's bins grows with its length, so a whole-hour
+periodogram would sit far off the 10 s clips the statistics were fitted on, and the stretches
+keep memory flat. 132 numbers per clip. (Per-band spectral kurtosis was tried as well and added
 nothing measurable on the synthetic set, so it is not part of the statistic.)
 :class:`EnvelopeStats` accumulates them from consecutive chunks of audio (long files, block by
 block) with the same result as one call on the whole clip.
@@ -45,6 +49,7 @@ LINES_NFFT = 128  # 8 ms frames: the Hann window passes power modulation up to ~
 LINES_HOP = 32
 LINES_FRAME_RATE = SAMPLE_RATE / LINES_HOP  # 500 power samples per second
 LINES_MODULATION_EDGES_HZ = ((4.0, 16.0), (16.0, 64.0), (64.0, LINES_FRAME_RATE / 2))
+LINES_SEGMENT = 5000  # power samples (10 s): longer recordings average stretches of 10-20 s
 MODULATION_BLOCK = 1 << 20  # levels transformed at once by modulation_power (8 MB as float64)
 _EPS = 1e-10
 
@@ -107,8 +112,8 @@ class EnvelopeStats:
     """Running state behind :func:`envelope_vector`, fed mono 16 kHz audio in consecutive chunks.
 
     Keeps each band's level over time: 12 float32 a frame, about 21 MB for an hour of audio; each
-    band's power at 500 samples a second for the line strengths, 86 MB for an hour; and the
-    long-term spectrum's running sum (2049 numbers).
+    band's power at 500 samples a second for under 20 s (the line strengths' current stretch,
+    0.5 MB); and the long-term spectrum's running sum (2049 numbers).
     """
 
     def __init__(self):
@@ -119,7 +124,10 @@ class EnvelopeStats:
         self.n_tonal = 0
         self.power_sum = np.zeros(TONALITY_NFFT // 2 + 1)
         self.lines_tail = np.zeros(0, np.float32)  # the same for the fast band powers
-        self.fast_power: list[np.ndarray] = []  # (bands, t) band power at LINES_FRAME_RATE per chunk
+        self.fast_power: list[np.ndarray] = []  # (bands, t) band power at LINES_FRAME_RATE, current stretch
+        self.n_fast = 0
+        self.lines_sum = np.zeros((len(ENVELOPE_BAND_EDGES_HZ) - 1, len(LINES_MODULATION_EDGES_HZ)))  # length-weighted
+        self.lines_weight = 0
 
     def add(self, audio: np.ndarray) -> None:
         audio = np.asarray(audio, np.float32)
@@ -134,6 +142,14 @@ class EnvelopeStats:
         power, self.lines_tail = _frame_power(self.lines_tail, audio, LINES_NFFT, LINES_HOP, _LINES_WINDOW)
         if len(power):
             self.fast_power.append((power @ _LINES_BAND_SUM).T)
+            self.n_fast += len(power)
+            if self.n_fast >= 2 * LINES_SEGMENT:  # close stretches of LINES_SEGMENT, keep >= one in hand
+                fast = np.concatenate(self.fast_power, axis=1)
+                n_done = (self.n_fast // LINES_SEGMENT - 1) * LINES_SEGMENT
+                for i in range(0, n_done, LINES_SEGMENT):
+                    self.lines_sum += LINES_SEGMENT * line_strength(fast[:, i : i + LINES_SEGMENT])
+                self.lines_weight += n_done
+                self.fast_power, self.n_fast = [fast[:, n_done:].copy()], self.n_fast - n_done
 
     def flatness(self) -> np.ndarray:
         """Log spectral flatness of each band in the long-term spectrum fed so far (<= 0; 0: white)."""
@@ -146,7 +162,15 @@ class EnvelopeStats:
         if self.n < MIN_ENVELOPE_FRAMES:
             raise ValueError(f"envelope statistics need at least {MIN_ENVELOPE_FRAMES} frames ({self.n} so far)")
         modulation = modulation_power(self.levels, ENVELOPE_FRAME_RATE, ENVELOPE_MODULATION_EDGES_HZ)
-        return np.concatenate([np.log(modulation + _EPS).ravel(), self.flatness(), line_strength(self.fast_power).ravel()])
+        return np.concatenate([np.log(modulation + _EPS).ravel(), self.flatness(), self.lines().ravel()])
+
+    def lines(self) -> np.ndarray:
+        """Line strength ``(bands, ranges)`` of the audio fed so far: the length-weighted mean over
+        the closed stretches and the one in hand (10 to 20 s, or all of a shorter recording)."""
+        last = line_strength(self.fast_power)
+        if self.lines_weight == 0:
+            return last
+        return (self.lines_sum + self.n_fast * last) / (self.lines_weight + self.n_fast)
 
 
 def line_strength(power, frame_rate: float = LINES_FRAME_RATE, ranges=LINES_MODULATION_EDGES_HZ) -> np.ndarray:

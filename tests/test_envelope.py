@@ -11,6 +11,12 @@ from mtad.edge_runtime.envelope import (
     envelope_dim,
     envelope_vector,
     line_strength,
+    LINES_HOP,
+    LINES_NFFT,
+    LINES_SEGMENT,
+    _frame_power,
+    _LINES_BAND_SUM,
+    _LINES_WINDOW,
     lines_dim,
     modulation_power,
     tonality_dim,
@@ -125,14 +131,7 @@ def test_line_strength_hears_a_knock_train_far_below_the_noise():
     stands above its median. Knocks at 37 Hz ringing at 3.5 kHz, 10 dB below the noise in their band
     (the band's level rises by 0.4 dB), raise the 16-64 Hz line strength of that band; the other
     bands stay put, and a quieter recording changes nothing."""
-    rng = np.random.default_rng(6)
-    n = 10 * SR
-    noise = 0.05 * rng.standard_normal(n)
-    pulses = np.zeros(n)
-    pulses[(np.arange(0, 10, 1 / 37.0) * SR).astype(int)] = 1.0
-    ring = signal.sosfilt(signal.butter(2, [3300, 3700], btype="bandpass", fs=SR, output="sos"), pulses)
-    band = signal.sosfilt(signal.butter(4, [2749, 3799], btype="bandpass", fs=SR, output="sos"), noise)
-    knocks = ring * np.sqrt(np.mean(band ** 2) / np.mean(ring ** 2)) * 10 ** (-10 / 20)
+    noise, knocks = _noise_and_knocks(10)
     lines = lambda a: envelope_vector(a.astype(np.float32))[-lines_dim():].reshape(len(ENVELOPE_BAND_EDGES_HZ) - 1, 3)  # noqa: E731
     quiet, knocking = lines(noise), lines(noise + knocks)
     k = int(np.searchsorted(ENVELOPE_BAND_EDGES_HZ, 3500)) - 1  # the 2749-3799 Hz band
@@ -143,9 +142,58 @@ def test_line_strength_hears_a_knock_train_far_below_the_noise():
     np.testing.assert_allclose(lines((noise + knocks) / 4), knocking, rtol=0, atol=1e-4)
 
 
+def _noise_and_knocks(seconds: int):
+    """Noise, and knocks at 37 Hz ringing at 3.5 kHz 10 dB below the noise in their band."""
+    rng = np.random.default_rng(6)
+    n = seconds * SR
+    noise = 0.05 * rng.standard_normal(n)
+    pulses = np.zeros(n)
+    pulses[(np.arange(0, seconds, 1 / 37.0) * SR).astype(int)] = 1.0
+    ring = signal.sosfilt(signal.butter(2, [3300, 3700], btype="bandpass", fs=SR, output="sos"), pulses)
+    band = signal.sosfilt(signal.butter(4, [2749, 3799], btype="bandpass", fs=SR, output="sos"), noise)
+    return noise, ring * np.sqrt(np.mean(band ** 2) / np.mean(ring ** 2)) * 10 ** (-10 / 20)
+
+
+def _knocking(seconds: int) -> np.ndarray:
+    noise, knocks = _noise_and_knocks(seconds)
+    return (noise + knocks).astype(np.float32)
+
+
 def test_line_strength_is_zero_where_a_range_holds_under_two_bins():
     power = np.abs(np.random.default_rng(7).standard_normal((2, 600))) + 1.0  # 1.2 s at 500/s: 0.83 Hz bins
     got = line_strength(power, 500.0, ((4.0, 5.0), (4.0, 16.0)))
     assert got.shape == (2, 2) and np.all(got[:, 0] == 0) and np.all(got[:, 1] > 0)
     assert np.array_equal(line_strength([power[:, :100], power[:, 100:]], 500.0, ((4.0, 16.0),)), got[:, 1:])
     assert np.array_equal(line_strength(np.zeros((1, 600)), 500.0, ((4.0, 16.0),)), np.zeros((1, 1)))  # digital silence: 0, not NaN
+
+
+def test_a_long_recording_averages_the_line_strength_of_10_to_20_s_stretches():
+    """45 s with a knock train: stretches of 10, 10, 10 and 15 s (their boundaries fixed by the
+    recording, not by how it is fed), averaged by length, with only the stretch in hand kept. A
+    periodogram of all 45 s would put the knocks' line far higher than any 10 s clip the
+    statistics were fitted on; the average stays on their scale. Under 20 s: the whole recording."""
+    audio = _knocking(45)
+    acc = EnvelopeStats()
+    for i in range(0, len(audio), 7 * SR):
+        acc.add(audio[i : i + 7 * SR])
+    power = (_frame_power(np.zeros(0, np.float32), audio, LINES_NFFT, LINES_HOP, _LINES_WINDOW)[0] @ _LINES_BAND_SUM).T
+    cuts = [0, LINES_SEGMENT, 2 * LINES_SEGMENT, 3 * LINES_SEGMENT, power.shape[1]]
+    assert power.shape[1] - cuts[3] == int(1.5 * LINES_SEGMENT) - 3
+    stretches = [line_strength(power[:, a:b]) for a, b in zip(cuts[:-1], cuts[1:])]
+    expected = np.average(stretches, axis=0, weights=np.diff(cuts))
+    np.testing.assert_allclose(acc.lines(), expected, rtol=0, atol=1e-9)
+    assert sum(c.shape[1] for c in acc.fast_power) == acc.n_fast == power.shape[1] - cuts[3]  # all that is held
+    np.testing.assert_allclose(_fed(audio).lines(), expected, rtol=0, atol=1e-9)  # one call: same stretches
+
+    k = int(np.searchsorted(ENVELOPE_BAND_EDGES_HZ, 3500)) - 1
+    clip = _fed(audio[: 10 * SR]).lines()
+    assert abs(expected[k, 1] - clip[k, 1]) < 0.3
+    assert line_strength(power)[k, 1] - clip[k, 1] > 1.0
+    short = audio[: 19 * SR]
+    np.testing.assert_array_equal(envelope_vector(short)[-lines_dim():].reshape(clip.shape), line_strength(_fed(short).fast_power))
+
+
+def _fed(audio):
+    acc = EnvelopeStats()
+    acc.add(audio)
+    return acc

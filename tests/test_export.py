@@ -42,7 +42,7 @@ def test_int8_is_symmetric_qdq(tiny_bundle):
 
 def test_manifest_is_self_describing(tiny_bundle):
     m = yaml.safe_load((tiny_bundle / "manifest.yaml").read_text())
-    assert m["schema_version"] == 10 and m["feature_config"]["n_fft"] == 2048
+    assert m["schema_version"] == 11 and m["feature_config"]["n_fft"] == 2048
     assert m["source_run"] == "tiny"  # a name, not a path of the build machine
     assert m["scoring"]["method"] == "fusion" and m["scoring"]["components"] == ["recon", "acoustic"] and m["scoring"]["covariance"] == "factor"
     assert m["scoring"]["stats_holdout"] == 0.25 and set(m["scoring"]["heldout_clips_per_machine"].values()) == {4}
