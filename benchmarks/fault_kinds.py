@@ -1,6 +1,6 @@
 """Which faults can be heard: AUC per fault kind of the synthetic set, with each fault's level.
 
-    .venv/bin/python benchmarks/fault_kinds.py [--seeds 0,1,2,3,4] [--out results/accuracy]
+    .venv/bin/python benchmarks/fault_kinds.py [--seeds 0,1,2,3,4] [--out results/accuracy] [--model-free]
 
 For every fault kind of every machine type: the AUC of each scoring row on that id's normal test
 clips against its anomalous test clips of that one kind, mean +- standard error over the (seed,
@@ -28,7 +28,7 @@ import numpy as np
 from sklearn.metrics import roc_auc_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from accuracy import synthesise, variant_scorer  # noqa: E402  (the benchmark next to this one)
+from accuracy import model_free_scorer, synthesise, variant_scorer  # noqa: E402  (the benchmark next to this one)
 
 from mtad.edge_runtime.atomic import atomic_write  # noqa: E402
 from mtad.edge_runtime.dataset import scan_dataset  # noqa: E402
@@ -37,14 +37,26 @@ from mtad.train.feature_cache import load_features  # noqa: E402
 from mtad.train.synth import SynthConfig, render_with_levels  # noqa: E402
 from mtad.train.synth_writer import MANIFEST  # noqa: E402
 
-# (label, components of the fusion scoring); all from the `multitask` model of accuracy.py
+# (label, components of the fusion scoring, accuracy.py scoring variant); all from the `multitask`
+# model of accuracy.py
 ROWS = [
-    ("default (recon + acoustic)", ("recon", "acoustic")),
-    ("acoustic (no model)", ("acoustic",)),
-    ("spectral (no model)", ("spectral",)),
-    ("envelope (no model)", ("envelope",)),
-    ("recon (the model's score)", ("recon",)),
+    ("default (recon + acoustic)", ("recon", "acoustic"), None),
+    ("acoustic (no model)", ("acoustic",), None),
+    ("spectral (no model)", ("spectral",), None),
+    ("envelope (no model)", ("envelope",), None),
+    ("recon (the model's score)", ("recon",), None),
 ]
+# --model-free: nothing trained, so it runs in minutes; the statistic with and without its line
+# strength (bundle schema 10) side by side
+MODEL_FREE_ROWS = [
+    ("acoustic (the default)", ("acoustic",), None),
+    ("acoustic without line strength (schema 9)", ("acoustic",), "nolines"),
+    ("spectral", ("spectral",), None),
+    ("envelope", ("envelope",), None),
+    ("envelope without line strength", ("envelope",), "nolines"),
+]
+# --model-free also prints, per fault kind, these rows' paired differences over the (seed, id) units
+MODEL_FREE_PAIRS = [(MODEL_FREE_ROWS[0][0], MODEL_FREE_ROWS[1][0]), (MODEL_FREE_ROWS[3][0], MODEL_FREE_ROWS[4][0])]
 BASELINE = "simple baseline"
 CACHE_REVISION = 1
 CHANCE = 0.6  # a fault kind no row lifts above this AUC counts as not detected
@@ -81,7 +93,7 @@ def clip_faults(data: Path, index, seed: int, n_test: int, severity: float, snr:
     return out
 
 
-def evaluate_seed(out: Path, seed: int, n_test: int, severity: float, snr: tuple[float, float], preset: str) -> dict:
+def evaluate_seed(out: Path, seed: int, n_test: int, severity: float, snr: tuple[float, float], preset: str, rows=ROWS) -> dict:
     data = synthesise(out, seed, n_test, severity, snr)
     index = scan_dataset(data)
     faults = clip_faults(data, index, seed, n_test, severity, snr)
@@ -96,17 +108,20 @@ def evaluate_seed(out: Path, seed: int, n_test: int, severity: float, snr: tuple
                                           np.concatenate([s for _, s in base.values()]))
     train_store = load_features(index.select("train", label=0), progress=False)
     test_store = load_features(index.select("test"), progress=False)
-    score = variant_scorer(data, out / "runs", seed, "multitask", preset, None, train_store, test_store)
-    for label, comps in ROWS:
-        scores, _ = score("fusion", comps, None)
+    if rows is MODEL_FREE_ROWS:
+        score = model_free_scorer(train_store, test_store)
+    else:
+        score = variant_scorer(data, out / "runs", seed, "multitask", preset, None, train_store, test_store)
+    for label, comps, version in rows:
+        scores, _ = score("fusion", comps, version)
         result["rows"][label] = fault_aucs([s.machine for s in scores], [s.label for s in scores],
                                            [faults[s.path][0] for s in scores], [s.score for s in scores])
     return result
 
 
-def summarise(per_seed: dict[int, dict]) -> dict:
+def summarise(per_seed: dict[int, dict], rows=ROWS) -> dict:
     """Per (type, fault kind): the fault level (median dB) and, per row, mean and SE over (seed, id) units."""
-    labels = [label for label, _ in ROWS] + [BASELINE]
+    labels = [label for label, *_ in rows] + [BASELINE]
     kinds = sorted({k for r in per_seed.values() for k in r["levels"]})
     table, silent = {}, {}
     for key in kinds:
@@ -126,6 +141,27 @@ def summarise(per_seed: dict[int, dict]) -> dict:
     best = [np.mean([max(table[k][label][0] for label in labels) for k in kinds if k.split("/")[0] == t]) for t in types]
     return {"seeds": sorted(per_seed), "labels": labels, "table": table, "undetected": undetected, "bound": float(np.mean(per_type)),
             "best_per_kind": float(np.mean(best)), "silent": silent}
+
+
+def paired_differences(per_seed: dict[int, dict], a: str, b: str) -> dict[str, tuple[float, float]]:
+    """``{"type/kind": (mean, SE)}`` of row ``a``'s AUC minus row ``b``'s over the (seed, id) units
+    that have the kind: the two rows score the same clips, so the difference is paired."""
+    diffs: dict[str, list[float]] = {}
+    for r in per_seed.values():
+        for m, aucs in r["rows"][a].items():
+            for kind, auc in aucs.items():
+                diffs.setdefault(f"{m.split('/')[0]}/{kind}", []).append(auc - r["rows"][b][m][kind])
+    return {k: (float(np.mean(d)), float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("nan")) for k, d in diffs.items()}
+
+
+def render_differences(per_seed: dict[int, dict], pairs) -> str:
+    lines = ["Paired differences per fault kind, mean +- SE over (seed, id) units; 'beyond 2 SE' where |mean| > 2 SE", "",
+             "| type | fault | " + " | ".join(f"{a} minus {b}" for a, b in pairs) + " |", "|---" * (len(pairs) + 2) + "|"]
+    tables = [paired_differences(per_seed, a, b) for a, b in pairs]
+    for key in sorted(tables[0]):
+        cells = [f"{t[key][0]:+.3f} +- {t[key][1]:.3f}" + (" (beyond 2 SE)" if abs(t[key][0]) > 2 * t[key][1] else "") for t in tables]
+        lines.append("| " + " | ".join(key.split("/")) + " | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def render(summary: dict) -> str:
@@ -154,25 +190,30 @@ def main() -> None:
     ap.add_argument("--snr", default="0,6")
     ap.add_argument("--preset", default="small")
     ap.add_argument("--out", type=Path, default=Path("results/accuracy"))
-    ap.add_argument("--name", default="fault-kinds")
+    ap.add_argument("--name", help="output name under --out (default: fault-kinds, or fault-kinds-model-free)")
+    ap.add_argument("--model-free", action="store_true", help="only the model-free rows (with and without line strength): trains nothing")
     args = ap.parse_args()
+    rows = MODEL_FREE_ROWS if args.model_free else ROWS
+    name = args.name or ("fault-kinds-model-free" if args.model_free else "fault-kinds")
     snr = tuple(float(v) for v in args.snr.split(","))
     args.out.mkdir(parents=True, exist_ok=True)
     per_seed = {}
     for seed in (int(s) for s in args.seeds.split(",")):
-        cache = args.out / f"faults-seed{seed}.json"
+        cache = args.out / f"faults{'-model-free' if args.model_free else ''}-seed{seed}.json"
         cached = json.loads(cache.read_text()) if cache.exists() else {}
         if cached.get("revision") != CACHE_REVISION:
-            cached = {"revision": CACHE_REVISION, **evaluate_seed(args.out, seed, args.test, args.severity, snr, args.preset)}
+            cached = {"revision": CACHE_REVISION, **evaluate_seed(args.out, seed, args.test, args.severity, snr, args.preset, rows)}
             with atomic_write(cache, "w") as f:
                 f.write(json.dumps(cached))
         per_seed[seed] = cached
         print(f"seed {seed}: done", flush=True)
-    summary = summarise(per_seed)
+    summary = summarise(per_seed, rows)
     text = render(summary)
-    with atomic_write(args.out / f"{args.name}.md", "w") as f:
+    if args.model_free:
+        text += "\n\n" + render_differences(per_seed, MODEL_FREE_PAIRS)
+    with atomic_write(args.out / f"{name}.md", "w") as f:
         f.write(text + "\n")
-    with atomic_write(args.out / f"{args.name}.json", "w") as f:
+    with atomic_write(args.out / f"{name}.json", "w") as f:
         f.write(json.dumps(summary, indent=1))
     print(text)
 

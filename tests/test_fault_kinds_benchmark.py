@@ -35,3 +35,14 @@ def test_summary_means_units_and_the_bound_by_hand():
     assert "| a | x | -11 |" in text and "not detected by any row (every AUC < 0.6): a/y" in text
     assert summary["silent"] == {"a/y": [2, 4]}  # one clip a seed whose fault changed nothing
     assert "normal clips labelled anomalous): a/y 2 of 4" in text
+
+
+def test_paired_differences_are_per_unit_and_marked_beyond_two_standard_errors():
+    def seed(a_x, b_x, a_y, b_y):
+        return {"rows": {"a": {"t/id_00": {"x": a_x, "y": a_y}}, "b": {"t/id_00": {"x": b_x, "y": b_y}}}}
+    per_seed = {0: seed(0.9, 0.8, 0.5, 0.6), 1: seed(0.7, 0.6, 0.8, 0.6), 2: seed(0.8, 0.68, 0.6, 0.6)}
+    d = fk.paired_differences(per_seed, "a", "b")
+    assert d["t/x"][0] == pytest.approx(0.32 / 3) and d["t/x"][1] == pytest.approx(np.std([0.1, 0.1, 0.12], ddof=1) / np.sqrt(3))
+    assert d["t/y"][0] == pytest.approx(0.1 / 3)  # -0.1, +0.2, 0: mean 0.033 +- 0.088
+    text = fk.render_differences(per_seed, [("a", "b")])
+    assert "| t | x | +0.107 +- 0.007 (beyond 2 SE) |" in text and "| t | y | +0.033 +- 0.088 |" in text
