@@ -93,7 +93,7 @@ def clip_faults(data: Path, index, seed: int, n_test: int, severity: float, snr:
     return out
 
 
-def evaluate_seed(out: Path, seed: int, n_test: int, severity: float, snr: tuple[float, float], preset: str, rows=ROWS) -> dict:
+def evaluate_seed(out: Path, seed: int, n_test: int, severity: float, snr: tuple[float, float], preset: str, model_free: bool = False) -> dict:
     data = synthesise(out, seed, n_test, severity, snr)
     index = scan_dataset(data)
     faults = clip_faults(data, index, seed, n_test, severity, snr)
@@ -108,10 +108,10 @@ def evaluate_seed(out: Path, seed: int, n_test: int, severity: float, snr: tuple
                                           np.concatenate([s for _, s in base.values()]))
     train_store = load_features(index.select("train", label=0), progress=False)
     test_store = load_features(index.select("test"), progress=False)
-    if rows is MODEL_FREE_ROWS:
-        score = model_free_scorer(train_store, test_store)
+    if model_free:
+        rows, score = MODEL_FREE_ROWS, model_free_scorer(train_store, test_store)
     else:
-        score = variant_scorer(data, out / "runs", seed, "multitask", preset, None, train_store, test_store)
+        rows, score = ROWS, variant_scorer(data, out / "runs", seed, "multitask", preset, None, train_store, test_store)
     for label, comps, version in rows:
         scores, _ = score("fusion", comps, version)
         result["rows"][label] = fault_aucs([s.machine for s in scores], [s.label for s in scores],
@@ -202,7 +202,7 @@ def main() -> None:
         cache = args.out / f"faults{'-model-free' if args.model_free else ''}-seed{seed}.json"
         cached = json.loads(cache.read_text()) if cache.exists() else {}
         if cached.get("revision") != CACHE_REVISION:
-            cached = {"revision": CACHE_REVISION, **evaluate_seed(args.out, seed, args.test, args.severity, snr, args.preset, rows)}
+            cached = {"revision": CACHE_REVISION, **evaluate_seed(args.out, seed, args.test, args.severity, snr, args.preset, args.model_free)}
             with atomic_write(cache, "w") as f:
                 f.write(json.dumps(cached))
         per_seed[seed] = cached
