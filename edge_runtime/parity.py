@@ -70,6 +70,11 @@ N_BOOTSTRAP = 1000
 # noise, and a near tie between them would make any drift look huge.
 MIN_SPREAD_CLIPS = 10
 CI_LEVEL = 0.95
+# An AUC is a count of ordered pairs over n_pos * n_neg, so two AUCs differ by whole pairs; in
+# floats one pair on 10 + 10 clips comes out as 0.010000000000000009 or 0.009999999999999898
+# depending on the two AUCs. Budgets are compared with this slack so that one swapped pair is
+# within a one-pair budget whichever way the rounding falls.
+AUC_SLACK = 1e-9
 
 
 def auc_by_ranks(y: np.ndarray, scores: np.ndarray) -> np.ndarray:
@@ -151,7 +156,7 @@ def compare(reference: list[Scored], variant: list[Scored], budget: float, score
             lo, hi = dauc_interval(y, rs, vs, n_boot, seed=seed)
             eff = size_adjusted_budget(budget, int(y.sum()), int((1 - y).sum())) if size_adjusted else budget
             entry.update(auc_ref=a_ref, auc=a_var, dauc=a_var - a_ref, dauc_ci=[lo, hi], pauc_ref=p_ref, pauc=p_var,
-                         dpauc=p_var - p_ref, budget=eff, over_budget=bool(abs(a_var - a_ref) > eff))
+                         dpauc=p_var - p_ref, budget=eff, over_budget=bool(abs(a_var - a_ref) > eff + AUC_SLACK))
         else:
             entry.update(auc_ref=None, auc=None, dauc=None, dauc_ci=None, pauc_ref=None, pauc=None, dpauc=None, budget=budget,
                          over_budget=False)

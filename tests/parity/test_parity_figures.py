@@ -56,6 +56,26 @@ def test_compare_reports_score_level_figures_and_decisions():
     assert "95% CI" in table and "max rel" in table and "8+8" in table and "OVER BUDGET  SCORE DRIFT" in table
 
 
+@pytest.mark.parametrize("tens, part", [(7, 1), (8, 5)])  # AUC 0.71 -> 0.70 and 0.85 -> 0.84
+def test_one_swapped_pair_is_within_a_one_pair_budget_whichever_way_floats_round(tens, part):
+    """Normals score 0..9; an anomaly at k + 0.5 outranks k + 1 of them. Dropping the anomaly at
+    ``part - 0.5`` by one swaps exactly one pair. In floats that dAUC is 0.010000000000000009 for
+    0.71 -> 0.70 and 0.009999999999999898 for 0.85 -> 0.84; both are one pair, within its budget."""
+    y = np.r_[np.ones(10), np.zeros(10)]
+    anomalies = np.r_[np.full(tens, 9.5), part - 0.5, np.full(9 - tens, -1.0)]
+    ref = np.r_[anomalies, np.arange(10.0)]
+    one = ref.copy()
+    one[tens] -= 1.0
+    assert roc_auc(y, ref) == pytest.approx((10 * tens + part) / 100) and roc_auc(y, one) == pytest.approx((10 * tens + part - 1) / 100)
+    e = compare(_scored(ref, y), _scored(one, y), 0.01, size_adjusted=True)["machines"]["fan/id_00"]
+    assert e["budget"] == 0.01 and not e["over_budget"]
+    assert (abs(e["dauc"]) > 0.01) == (tens == 7)  # the rounding the slack is there for, both ways
+    two = one.copy()
+    two[0] -= 1.0  # a second anomaly falls below the normal at 9: two pairs
+    e2 = compare(_scored(ref, y), _scored(two, y), 0.01, size_adjusted=True)["machines"]["fan/id_00"]
+    assert e2["dauc"] == pytest.approx(-0.02) and e2["over_budget"]
+
+
 def test_reference_set_size_is_settable(tiny_synth, tiny_run):
     from mtad.export.reference_set import build_reference_set
     from mtad.train.checkpoint import load_checkpoint
