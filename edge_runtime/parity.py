@@ -216,7 +216,7 @@ def model_component_drift(items: list[tuple[Scored, Scored]], pooled: dict | Non
     names = set.intersection(*[set(r.components or {}) & set(v.components or {}) for r, v in items]) if items else set()
     worst = None
     for name in sorted(names - set(MODEL_FREE)):
-        ref = np.array([r.components[name] for r, _ in items], np.float64)
+        ref = _reference_values(items, name)
         var = np.array([v.components[name] for _, v in items], np.float64)
         ok = np.isfinite(ref) & np.isfinite(var)
         if ok.sum() < 2:
