@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from mtad.edge_runtime.dataset import scan_dataset
 from mtad.edge_runtime.features import LogMelExtractor
-from mtad.train.synth import MACHINE_TYPES, MODELS, SynthConfig, render_clip, render_with_levels
+from mtad.train.synth import MACHINE_TYPES, MODELS, SR, SynthConfig, band_level, fault_band_level, render_clip, render_with_levels
 from mtad.train.synth_cli import main as synth_main
 from mtad.train.synth_writer import write_dataset
 
@@ -113,3 +113,25 @@ def test_a_fan_rub_is_never_silent():
     # a clip whose gate opens on its own is unchanged by that fallback (its level as written before it)
     _, fault_db, _ = render_with_levels(SynthConfig(seed=0, test=50), "fan", "id_00", "test", "rubbing", 2)
     assert fault_db == pytest.approx(-21.21, abs=0.005)
+
+
+def test_band_level_of_a_tone_in_white_noise_by_hand():
+    rng = np.random.default_rng(0)
+    n = 4 * SR
+    tone = 0.1 * np.sin(2 * np.pi * 1000.0 * np.arange(n) / SR)  # power 0.005
+    noise = rng.standard_normal(n)  # unit power spread over 0-8 kHz
+    level, centre = band_level(tone, noise)
+    assert abs(centre - 1000.0) <= SR / 1024  # within one Welch bin
+    # the noise within +-15 % of 1 kHz: 300 Hz of 8000, so 0.0375; 10 log10(0.005 / 0.0375) = -8.75 dB
+    assert level == pytest.approx(-8.75, abs=0.5)
+
+
+def test_fault_band_level_finds_a_buried_fault_where_it_is_strongest():
+    cfg = SynthConfig(seed=0, test=50)
+    _, fault_db, _ = render_with_levels(cfg, "fan", "id_00", "test", "bearing", 1)
+    level, centre = fault_band_level(cfg, "fan", "id_00", "test", "bearing", 1)
+    # bearing impacts ring at the id's bearing resonance (3-6 kHz): far below the fan overall, about 12 dB less so there
+    assert fault_db < -45 and fault_db + 8 < level < -30
+    assert 3000 * 0.85 <= centre <= 6000 * 1.15
+    with pytest.raises(ValueError, match="needs a fault"):
+        fault_band_level(cfg, "fan", "id_00", "test", None, 1)

@@ -439,6 +439,37 @@ def render_clip(cfg: SynthConfig, machine_type: str, machine_id: str, split: str
     return render_with_levels(cfg, machine_type, machine_id, split, fault, index)[0]
 
 
+@dataclass
+class _ClipParts:
+    machine: np.ndarray  # the machine's sound with its fault, unit RMS
+    change: np.ndarray | None  # what the fault changed in it, on the same scale (None: normal clip)
+    fault_db: float | None  # that change's level against ``machine``
+    background: np.ndarray  # factory background, already at the clip's SNR
+    snr_db: float
+    rng: np.random.Generator  # the clip's generator, for what is drawn after mixing
+
+
+def _render_parts(cfg: SynthConfig, machine_type: str, machine_id: str, split: str, fault: str | None, index: int) -> _ClipParts:
+    model = MODELS[machine_type]
+    params = machine_params(cfg, machine_type, machine_id)
+    rng = np.random.default_rng(_seed_for(cfg.seed, machine_type, machine_id, split, fault or "normal", index))
+    n = int(round(cfg.seconds * SR))
+    comps = model.normal(params, n, rng)
+    change = fault_db = None
+    if fault is not None:
+        before = sum(v for k, v in comps.items() if not k.startswith("_"))
+        model.faults[fault](params, comps, n, rng, cfg.severity)
+    machine = sum(v for k, v in comps.items() if not k.startswith("_"))
+    if fault is not None:
+        change = machine - before
+        fault_db = float(20 * np.log10(_rms(change) / _rms(machine)))
+        change = change / _rms(machine)
+    machine = machine / _rms(machine)
+    snr = rng.uniform(*cfg.snr_db)
+    background = factory_background(n, rng) * 10 ** (-snr / 20)
+    return _ClipParts(machine, change, fault_db, background, float(snr), rng)
+
+
 def render_with_levels(cfg: SynthConfig, machine_type: str, machine_id: str, split: str, fault: str | None,
                        index: int) -> tuple[np.ndarray, float | None, float]:
     """:func:`render_clip`'s clip, with how loud its fault and background are:
@@ -446,27 +477,39 @@ def render_with_levels(cfg: SynthConfig, machine_type: str, machine_id: str, spl
     machine's sound with the fault minus the same sound without it) relative to the machine's
     sound with the fault, in dB (None for a normal clip); ``snr_db`` is the machine's level
     over the background's."""
-    model = MODELS[machine_type]
-    params = machine_params(cfg, machine_type, machine_id)
-    rng = np.random.default_rng(_seed_for(cfg.seed, machine_type, machine_id, split, fault or "normal", index))
-    n = int(round(cfg.seconds * SR))
-    comps = model.normal(params, n, rng)
-    fault_db = None
-    if fault is not None:
-        before = sum(v for k, v in comps.items() if not k.startswith("_"))
-        model.faults[fault](params, comps, n, rng, cfg.severity)
-    machine = sum(v for k, v in comps.items() if not k.startswith("_"))
-    if fault is not None:
-        fault_db = float(20 * np.log10(_rms(machine - before) / _rms(machine)))
-    machine = machine / _rms(machine)
-    snr = rng.uniform(*cfg.snr_db)
-    mix = machine + factory_background(n, rng) * 10 ** (-snr / 20)
+    parts = _render_parts(cfg, machine_type, machine_id, split, fault, index)
+    mix = parts.machine + parts.background
     # The recording chain's anti-alias roll-off: real 16 kHz captures have little energy above
     # ~0.45 fs, and a device recorded at 44.1/48 kHz and resampled to 16 kHz loses that band too.
     mix = signal.sosfilt(_ANTI_ALIAS, mix)
-    gain_db = -24 + rng.uniform(-1.0, 1.0)  # RMS level, well below clipping
+    gain_db = -24 + parts.rng.uniform(-1.0, 1.0)  # RMS level, well below clipping
     mix = mix / _rms(mix) * 10 ** (gain_db / 20)
-    return np.clip(mix, -1.0, 1.0).astype(np.float32), fault_db, float(snr)
+    return np.clip(mix, -1.0, 1.0).astype(np.float32), parts.fault_db, parts.snr_db
+
+
+def fault_band_level(cfg: SynthConfig, machine_type: str, machine_id: str, split: str, fault: str, index: int,
+                     half_width: float = 0.15) -> tuple[float, float]:
+    """Where a fault is easiest to hear: ``(level_db, centre_hz)``, the level of what the fault
+    changed against everything else in the clip (the machine without that change, and the
+    background) within +-``half_width`` of the frequency where their power ratio peaks (Welch
+    spectra, 1024 samples). A best case for any detector that looks at one band."""
+    parts = _render_parts(cfg, machine_type, machine_id, split, fault, index)
+    if parts.change is None:
+        raise ValueError("fault_band_level needs a fault")
+    rest = parts.machine - parts.change + parts.background
+    return band_level(parts.change, rest, half_width)
+
+
+def band_level(signal_part: np.ndarray, rest: np.ndarray, half_width: float = 0.15) -> tuple[float, float]:
+    """``(dB, centre Hz)``: the power of ``signal_part`` against ``rest`` within +-``half_width``
+    (relative) of the frequency where their power ratio is highest."""
+    freqs, p_signal = signal.welch(signal_part, SR, nperseg=1024)
+    _, p_rest = signal.welch(rest, SR, nperseg=1024)
+    ratio = p_signal / (p_rest + 1e-30)
+    ratio[0] = 0.0  # the DC bin has no band around it
+    centre = freqs[int(np.argmax(ratio))]
+    band = (freqs >= centre * (1 - half_width)) & (freqs <= centre * (1 + half_width))
+    return float(10 * np.log10(p_signal[band].sum() / (p_rest[band].sum() + 1e-30) + 1e-30)), float(centre)
 
 
 @dataclass(frozen=True)
