@@ -46,3 +46,20 @@ def test_paired_differences_are_per_unit_and_marked_beyond_two_standard_errors()
     assert d["t/y"][0] == pytest.approx(0.1 / 3)  # -0.1, +0.2, 0: mean 0.033 +- 0.088
     text = fk.render_differences(per_seed, [("a", "b")])
     assert "| t | x | +0.107 +- 0.007 (beyond 2 SE) |" in text and "| t | y | +0.033 +- 0.088 |" in text
+
+
+fbl = benchmark_module("fault_band_levels.py", "fault_band_levels_benchmark")
+
+
+def test_band_levels_pool_the_seeds_clips_per_kind_and_carry_the_default_auc():
+    seeds = [{"a/x": {"band_db": [-10.0, -20.0], "centre_hz": [100.0, 300.0]}, "a/y": {"band_db": [-40.0], "centre_hz": [5000.0]}},
+             {"a/x": {"band_db": [-30.0], "centre_hz": [200.0]}}]
+    aucs = {"table": {"a/x": {"level_db": -25.0, fbl.DEFAULT_ROW: [0.6, 0.02]}}}
+    table = fbl.summarise(seeds, aucs)
+    assert table["a/x"]["clips"] == 3 and table["a/x"]["band_db_median"] == -20.0 and table["a/x"]["centre_hz_median"] == 200.0
+    assert table["a/x"]["band_db_p10"] == pytest.approx(-28.0) and table["a/x"]["band_db_p90"] == pytest.approx(-12.0)
+    assert table["a/x"]["auc"] == [0.6, 0.02] and "auc" not in table["a/y"]
+    lines = fbl.render(table, [0, 1]).splitlines()
+    rows = [line for line in lines if line.startswith("| a |")]
+    assert rows[0].startswith("| a | x | 3 | -20.0 (-28.0 to -12.0) | 200 | -25 | 0.600 +- 0.020 |")  # loudest kind first
+    assert rows[1].startswith("| a | y | 1 | -40.0 (-40.0 to -40.0) | 5000 |")
