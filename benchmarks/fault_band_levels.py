@@ -10,7 +10,8 @@ nothing is read from disk) and measures, with :func:`mtad.train.synth.fault_band
 fault's change against the machine without it plus the background within +-15 % of the
 frequency where their power ratio peaks. Per fault kind it prints the median over the clips, the
 10th-90th percentile range, and, given ``--aucs`` (``fault_kinds.py --model-free``'s JSON), the
-default's AUC on that kind beside it. No model, no features: about a minute a seed.
+default's AUC on that kind beside it, and plots that AUC against the level (a PNG next to the
+JSON; needs matplotlib, from the ``train`` extra). No model, no features: about a minute a seed.
 """
 
 from __future__ import annotations
@@ -79,6 +80,38 @@ def render(table: dict[str, dict], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def plot(table: dict[str, dict], path: Path) -> bool:
+    """The default's AUC against each kind's strongest-band level (median, with the 10th-90th
+    percentile as a bar), one point per kind that has an AUC; False when there is none or
+    matplotlib is missing."""
+    rows = {k: r for k, r in table.items() if r.get("auc")}
+    if not rows:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    placed: list[tuple[float, float]] = []
+    for kind, r in sorted(rows.items(), key=lambda kv: kv[1]["band_db_median"]):
+        x, (auc, se) = r["band_db_median"], r["auc"]
+        ax.errorbar(x, auc, xerr=[[x - r["band_db_p10"]], [r["band_db_p90"] - x]], yerr=2 * se, fmt="o", ms=4, lw=0.8, capsize=2)
+        crowd = sum(abs(x - px) < 8 and abs(auc - pa) < 0.03 for px, pa in placed)  # labels of close points step down
+        ax.annotate(kind.replace("_", " "), (x, auc), textcoords="offset points", xytext=(4, 3 - 9 * crowd), fontsize=7)
+        placed.append((x, auc))
+    ax.axhline(0.5, color="k", ls=":", lw=0.8)
+    ax.set_xlabel("fault against the rest of its clip, in its strongest +-15 % band (dB; bars: 10th-90th percentile)")
+    ax.set_ylabel("default's AUC on the kind (bars: 2 SE)")
+    fig.tight_layout()
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+    return True
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0,1,2,3,4")
@@ -99,6 +132,8 @@ def main(argv=None) -> None:
         f.write(json.dumps({"seeds": seeds, "table": table}, indent=1))
     with atomic_write(args.out.with_suffix(".md"), "w") as f:
         f.write(text + "\n")
+    if plot(table, args.out.with_suffix(".png")):
+        print(f"plot: {args.out.with_suffix('.png')}")
 
 
 if __name__ == "__main__":

@@ -63,3 +63,13 @@ def test_band_levels_pool_the_seeds_clips_per_kind_and_carry_the_default_auc():
     rows = [line for line in lines if line.startswith("| a |")]
     assert rows[0].startswith("| a | x | 3 | -20.0 (-28.0 to -12.0) | 200 | -25 | 0.600 +- 0.020 |")  # loudest kind first
     assert rows[1].startswith("| a | y | 1 | -40.0 (-40.0 to -40.0) | 5000 |")
+
+
+def test_band_levels_plot_is_a_png_and_needs_aucs(tmp_path):
+    table = {"a/x": {"band_db_median": -20.0, "band_db_p10": -28.0, "band_db_p90": -12.0, "centre_hz_median": 200.0, "clips": 3,
+                     "level_db": -25.0, "auc": [0.6, 0.02]},
+             "a/y": {"band_db_median": -40.0, "band_db_p10": -40.0, "band_db_p90": -40.0, "centre_hz_median": 5000.0, "clips": 1}}
+    assert fbl.plot(table, tmp_path / "levels.png")
+    assert (tmp_path / "levels.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["levels.png"]  # no temp file left behind
+    assert not fbl.plot({"a/y": table["a/y"]}, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
