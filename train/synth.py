@@ -492,7 +492,8 @@ def fault_band_level(cfg: SynthConfig, machine_type: str, machine_id: str, split
     """Where a fault is easiest to hear: ``(level_db, centre_hz)``, the level of what the fault
     changed against everything else in the clip (the machine without that change, and the
     background) within +-``half_width`` of the frequency where their power ratio peaks (Welch
-    spectra, 1024 samples). A best case for any detector that looks at one band."""
+    spectra, 1024 samples): where a detector of the clip's average spectrum would hear it best.
+    A fault that comes in short knocks stands out more in the moments it sounds."""
     parts = _render_parts(cfg, machine_type, machine_id, split, fault, index)
     if parts.change is None:
         raise ValueError("fault_band_level needs a fault")
