@@ -460,11 +460,12 @@ def _render_parts(cfg: SynthConfig, machine_type: str, machine_id: str, split: s
         before = sum(v for k, v in comps.items() if not k.startswith("_"))
         model.faults[fault](params, comps, n, rng, cfg.severity)
     machine = sum(v for k, v in comps.items() if not k.startswith("_"))
+    scale = _rms(machine)
     if fault is not None:
         change = machine - before
-        fault_db = float(20 * np.log10(_rms(change) / _rms(machine)))
-        change = change / _rms(machine)
-    machine = machine / _rms(machine)
+        fault_db = float(20 * np.log10(_rms(change) / scale))
+        change = change / scale
+    machine = machine / scale
     snr = rng.uniform(*cfg.snr_db)
     background = factory_background(n, rng) * 10 ** (-snr / 20)
     return _ClipParts(machine, change, fault_db, background, float(snr), rng)
