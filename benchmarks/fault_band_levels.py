@@ -18,15 +18,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from mtad.edge_runtime.atomic import atomic_write
-from mtad.train.synth import SynthConfig, fault_band_level, plan_jobs
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fault_kinds import MODEL_FREE_ROWS  # noqa: E402  (the benchmark next to this one, whose JSON --aucs reads)
 
-DEFAULT_ROW = "acoustic (the default)"
+from mtad.edge_runtime.atomic import atomic_write  # noqa: E402
+from mtad.train.synth import SynthConfig, fault_band_level, plan_jobs  # noqa: E402
+
+DEFAULT_ROW = MODEL_FREE_ROWS[0][0]  # the default's row label in fault_kinds.py --model-free's JSON
 
 
 def kind_levels(seed: int, n_test: int = 50, severity: float = 1.0, progress: bool = True) -> dict[str, dict[str, list[float]]]:
