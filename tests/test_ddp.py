@@ -139,3 +139,36 @@ def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tiny_synth, tm
     with pytest.raises(ConfigError, match="training diverged: the loss is nan in epoch 1"):
         trainer.train_run(tiny_synth, tmp_path / "run", load_config("tiny", epochs=1), progress=False)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_a_lost_rank_leaves_the_broken_group_to_the_exit(monkeypatch, tmp_path):
+    """After a peer died the trainer does not destroy the process group (that can block or abort),
+    and the CLI ends the process with exit 1 and one line, skipping the interpreter's teardown,
+    where gloo's threads turned exit 1 into SIGABRT (-6) in CI."""
+    import mtad.train.distributed as distributed
+    import mtad.train.trainer as trainer
+    from mtad.train.config import load_config
+
+    ctx = distributed.Context(rank=0, world=2, backend="gloo")
+    calls = []
+    monkeypatch.setattr(distributed, "setup", lambda device, timeout: ctx)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroyed"))
+
+    def lost(*args):
+        with distributed.comm_errors(ctx, "epoch 3"):
+            raise RuntimeError("[gloo/transport/tcp/pair.cc:537] Read error: Connection reset by peer")
+
+    monkeypatch.setattr(trainer, "_train_run", lost)
+    with pytest.raises(distributed.LostRankError, match=r"^rank 0/2: epoch 3 failed, so every rank stops: .*Connection reset by peer"):
+        trainer.train_run("d", tmp_path / "run", load_config("tiny", epochs=1), progress=False)
+    assert calls == []  # left to the exit
+    monkeypatch.setattr(trainer, "_train_run", lambda *a: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError):
+        trainer.train_run("d", tmp_path / "run", load_config("tiny", epochs=1), progress=False)
+    assert calls == ["destroyed"]  # a healthy group is still left cleanly
+
+    code = ("import atexit, sys; from mtad.train.distributed import exit_after_lost_rank; "
+            "atexit.register(lambda: print('teardown ran', file=sys.stderr)); print('partial', end=''); exit_after_lost_rank('rank 0/2: gone')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert (res.returncode, res.stdout, res.stderr) == (1, "partial", "error: rank 0/2: gone\n")

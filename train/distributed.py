@@ -30,6 +30,11 @@ class DistributedError(MtadError):
     """Another rank failed or stopped answering; every rank stops."""
 
 
+class LostRankError(DistributedError):
+    """A collective failed in this rank because a peer died or timed out: the process group is
+    broken, and tearing it down can abort the interpreter (see :func:`exit_after_lost_rank`)."""
+
+
 @dataclass(frozen=True)
 class Context:
     rank: int = 0
@@ -70,9 +75,25 @@ def setup(device: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> Context:
     return Context(rank, world, local_rank, backend)
 
 
-def shutdown(ctx: Context) -> None:
-    if ctx.distributed and dist.is_initialized():
+def shutdown(ctx: Context, broken: bool = False) -> None:
+    """Leave the process group; after a lost rank (``broken``) leave it to the process's exit,
+    since destroying a group whose peer is gone can block or abort."""
+    if ctx.distributed and dist.is_initialized() and not broken:
         dist.destroy_process_group()
+
+
+def exit_after_lost_rank(message: str, code: int = 1) -> None:
+    """Print ``error: message`` and end the process at once with ``code``.
+
+    After a peer died, gloo's threads can still be joinable when the interpreter tears the
+    process group down, and C++ then calls ``std::terminate`` ("terminate called without an
+    active exception"): exit 1 became SIGABRT in CI. Nothing is left to write at this point
+    (checkpoints are written by rename before each collective), so skip the teardown.
+    """
+    print(f"error: {message}", file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 @contextlib.contextmanager
@@ -87,7 +108,7 @@ def comm_errors(ctx: Context, doing: str):
         if not (isinstance(exc, dist.DistError) or _COMM_FAILURE.search(str(exc))):
             raise  # a bug or an out-of-memory on this rank: its own traceback
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise DistributedError(f"rank {ctx.rank}/{ctx.world}: {doing} failed, so every rank stops: another rank "
+        raise LostRankError(f"rank {ctx.rank}/{ctx.world}: {doing} failed, so every rank stops: another rank "
                                f"exited or stopped answering ({first})") from None
 
 

@@ -279,11 +279,15 @@ def train_run(data: str | Path, out: str | Path, cfg: RunConfig, resume: bool = 
     if cfg.train.batch_size < ctx.world:
         distributed.shutdown(ctx)
         raise ConfigError(f"batch_size {cfg.train.batch_size} is the global batch: it must be at least the {ctx.world} ranks")
+    broken = False
     try:
         return _train_run(data, out, cfg, resume, progress and ctx.is_main, cache_dir, log if ctx.is_main else (lambda m: None),
                           ctx, workers, loader_workers, channels_last, compile)
+    except distributed.LostRankError:
+        broken = True
+        raise
     finally:
-        distributed.shutdown(ctx)
+        distributed.shutdown(ctx, broken=broken)
 
 
 def _train_run(data, out, cfg: RunConfig, resume, progress, cache_dir, log, ctx: distributed.Context, workers, loader_workers, channels_last, compile) -> TrainResult:
