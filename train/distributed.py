@@ -13,6 +13,7 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -82,13 +83,14 @@ def shutdown(ctx: Context, broken: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def exit_after_lost_rank(message: str, code: int = 1) -> None:
+def exit_after_lost_rank(message: str, code: int = 1) -> NoReturn:
     """Print ``error: message`` and end the process at once with ``code``.
 
     After a peer died, gloo's threads can still be joinable when the interpreter tears the
     process group down, and C++ then calls ``std::terminate`` ("terminate called without an
-    active exception"): exit 1 became SIGABRT in CI. Nothing is left to write at this point
-    (checkpoints are written by rename before each collective), so skip the teardown.
+    active exception"): exit 1 became SIGABRT in CI. Nothing is left half-written at this point
+    (rank 0 writes each checkpoint to a temp file and renames it before the next collective), so
+    skip the teardown.
     """
     print(f"error: {message}", file=sys.stderr)
     sys.stdout.flush()
@@ -109,7 +111,7 @@ def comm_errors(ctx: Context, doing: str):
             raise  # a bug or an out-of-memory on this rank: its own traceback
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise LostRankError(f"rank {ctx.rank}/{ctx.world}: {doing} failed, so every rank stops: another rank "
-                               f"exited or stopped answering ({first})") from None
+                            f"exited or stopped answering ({first})") from None
 
 
 def agree(ctx: Context, flag: bool) -> bool:
