@@ -125,7 +125,6 @@ class EnvelopeStats:
         self.power_sum = np.zeros(TONALITY_NFFT // 2 + 1)
         self.lines_tail = np.zeros(0, np.float32)  # the same for the fast band powers
         self.fast_power: list[np.ndarray] = []  # (bands, t) band power at LINES_FRAME_RATE, current stretch
-        self.n_fast = 0
         self.lines_sum = np.zeros((len(ENVELOPE_BAND_EDGES_HZ) - 1, len(LINES_MODULATION_EDGES_HZ)))  # length-weighted
         self.lines_weight = 0
 
@@ -142,14 +141,18 @@ class EnvelopeStats:
         power, self.lines_tail = _frame_power(self.lines_tail, audio, LINES_NFFT, LINES_HOP, _LINES_WINDOW)
         if len(power):
             self.fast_power.append((power @ _LINES_BAND_SUM).T)
-            self.n_fast += len(power)
             if self.n_fast >= 2 * LINES_SEGMENT:  # close stretches of LINES_SEGMENT, keep >= one in hand
                 fast = np.concatenate(self.fast_power, axis=1)
                 n_done = (self.n_fast // LINES_SEGMENT - 1) * LINES_SEGMENT
                 for i in range(0, n_done, LINES_SEGMENT):
                     self.lines_sum += LINES_SEGMENT * line_strength(fast[:, i : i + LINES_SEGMENT])
                 self.lines_weight += n_done
-                self.fast_power, self.n_fast = [fast[:, n_done:].copy()], self.n_fast - n_done
+                self.fast_power = [fast[:, n_done:].copy()]
+
+    @property
+    def n_fast(self) -> int:
+        """Power samples of the stretch in hand."""
+        return sum(p.shape[1] for p in self.fast_power)
 
     def flatness(self) -> np.ndarray:
         """Log spectral flatness of each band in the long-term spectrum fed so far (<= 0; 0: white)."""
