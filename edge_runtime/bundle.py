@@ -1,4 +1,5 @@
-"""The edge bundle: ``manifest.yaml`` + ``models/*.onnx`` (+ engines) + ``stats.npz``.
+"""The edge bundle: ``manifest.yaml`` + ``models/*.onnx`` (+ engines) + ``stats.npz``; a bundle whose
+scores are model-free has no ``models/``.
 
 Loading validates everything before use: schema version, the manifest's schema
 (``bundle_schema``), feature settings, the sha256 of every file listed in the manifest and of
@@ -23,7 +24,7 @@ from .runners import OnnxRuntimeRunner, Precision
 from .scoring import ScoringStats
 
 FORMAT = "mtad-bundle"
-SCHEMA_VERSION = 11  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics; 4: envelope component; 5: acoustic component, weighted fusion, calibration std pooled per type; 6: factor-analysis covariances, recorded in stats (covariance); 7: spectral band means relative to the clip's level; 8: each frame floored 80 dB below its loudest bin for the spectral statistics; 9: band spectral flatness of the long-term spectrum in the envelope statistic (96 numbers); 10: envelope-spectrum line strengths in the envelope statistic (132 numbers); 11: line strengths of recordings of 20 s or more averaged over 10-20 s stretches (clips under 20 s unchanged)
+SCHEMA_VERSION = 12  # 2: per-id fusion statistics (scoring, components, centres, calibration); 3: spectral v2 statistics; 4: envelope component; 5: acoustic component, weighted fusion, calibration std pooled per type; 6: factor-analysis covariances, recorded in stats (covariance); 7: spectral band means relative to the clip's level; 8: each frame floored 80 dB below its loudest bin for the spectral statistics; 9: band spectral flatness of the long-term spectrum in the envelope statistic (96 numbers); 10: envelope-spectrum line strengths in the envelope statistic (132 numbers); 11: line strengths of recordings of 20 s or more averaged over 10-20 s stretches (clips under 20 s unchanged); 12: a model-free bundle carries no model (no variants, no models/)
 MANIFEST = "manifest.yaml"
 
 

@@ -25,7 +25,7 @@ from .constants import PRECISIONS, TASKS, VARIANT_KINDS
 from .envelope import envelope_dim
 from .errors import BundleError
 from .hashing import sha256_bytes, sha256_file
-from .scoring import COMPONENTS, COVARIANCES, RECON_BAND, SCORINGS, n_bands, spectral_dim, uses_mse
+from .scoring import COMPONENTS, COVARIANCES, RECON_BAND, SCORINGS, n_bands, needs_model, spectral_dim, uses_mse
 
 STATS = "stats.npz"
 ENGINE_DIGEST = "engine_sha256"  # the key file field that pins a device-built engine's bytes
@@ -143,7 +143,7 @@ class Manifest(_Section):
     inference: InferenceSection
     class_map: Annotated[list[Machine], Field(min_length=1)]
     scoring: ScoringSection
-    variants: Annotated[dict[StrictStr, VariantEntry], Field(min_length=1)]
+    variants: dict[StrictStr, VariantEntry]  # none in a model-free bundle (no score reads the network)
     files: dict[RelPath, Sha256]
     revision: NonNegInt = 0
     enrolled: dict[Machine, dict[StrictStr, Any]] = {}
@@ -174,7 +174,11 @@ class Manifest(_Section):
             for name in ("calibration", "accuracy_control", "report"):
                 if getattr(self.data_sets, name) is not None and getattr(self.data_sets, name).kind not in _SET_KINDS[name]:
                     raise ValueError(f"data_sets.{name}.kind: {getattr(self.data_sets, name).kind!r} is not a kind of {name} set")
-        if not any(v.precision == "fp32" and v.kind == "onnx" for v in self.variants.values()):
+        if not needs_model(self.scoring.method, self.scoring.components):
+            if self.variants:  # nothing would ever run it: a model-free export writes none
+                raise ValueError(f"variants: a model-free bundle (scoring {'+'.join(self.scoring.components)}) carries no model, "
+                                 f"but lists {', '.join(self.variants)}")
+        elif not any(v.precision == "fp32" and v.kind == "onnx" for v in self.variants.values()):
             raise ValueError("variants: bundle has no FP32 ONNX model")
         if self.feature_config.get("n_mels") != self.model.n_mels:
             raise ValueError(f"model_config.n_mels: {self.model.n_mels} != feature_config.n_mels {self.feature_config.get('n_mels')!r}")

@@ -230,12 +230,15 @@ def build_engine_cmd(bundle_dir, precisions, max_batch):
     cover what was exported), so engines are found by their key files.
     """
     from .bundle import load_bundle
+    from .errors import ConfigError
     from .tensorrt_build import build_engine
     from .tensorrt_runner import require_tensorrt
 
-    require_tensorrt()
-
     bundle = load_bundle(bundle_dir)
+    if not bundle.stats.needs_model:
+        raise ConfigError(f"{bundle_dir}: the bundle's score ({', '.join(bundle.stats.components)}) is model-free: it carries no network, "
+                          "so there is no engine to build (it runs as it is)")
+    require_tensorrt()
     (bundle.root / "engines").mkdir(exist_ok=True)
     for v in bundle.variants.values():
         if v.kind != "onnx" or (precisions and v.precision not in precisions):

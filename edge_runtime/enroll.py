@@ -200,10 +200,9 @@ def reference_clips(bundle: Bundle, machine: str, clips: list[np.ndarray], min_s
     keys = [f"enrolled:{machine}:{i}" for i in range(len(audio))]
     score_all = lambda runner: [float(EdgeScorer(bundle, runner).score_audio(a.astype(np.float32) / 32768.0, machine).score)  # noqa: E731
                                 for a in audio]
+    if not bundle.stats.needs_model:  # no model, no variants: one scorer
+        return {"audio": audio, "keys": keys, "machine": machine, "scores": {NoModelRunner.name: score_all(NoModelRunner())}}
     onnx = {name: v for name, v in bundle.variants.items() if v.kind == "onnx"}
-    if not bundle.stats.needs_model:  # no model runs: every variant gives the same scores
-        same = score_all(NoModelRunner())
-        return {"audio": audio, "keys": keys, "machine": machine, "scores": {name: same for name in onnx}}
     scores = {name: score_all(bundle.onnx_runner(v.precision, "CPUExecutionProvider")) for name, v in onnx.items()}
     return {"audio": audio, "keys": keys, "machine": machine, "scores": scores}
 

@@ -162,6 +162,7 @@ class NoModelRunner:
 
     backend = "none"
     precision = "none"
+    name = "model-free"  # what parity, reference and enrolled scores of a model-free bundle are keyed by
 
     def infer(self, batch: np.ndarray):
         raise RuntimeError("NoModelRunner.infer called: a model-free bundle must not run inference (a bug, not bad input)")

@@ -20,7 +20,7 @@ from mtad.edge_runtime.hashing import sha256_file
 from mtad.edge_runtime.errors import ConfigError
 from mtad.edge_runtime.features import FeatureConfig
 from mtad.edge_runtime.parity import DEFAULT_SCORE_BUDGETS
-from mtad.edge_runtime.runners import OnnxRuntimeRunner, has_qdq
+from mtad.edge_runtime.runners import NoModelRunner, OnnxRuntimeRunner, has_qdq
 from mtad.train.checkpoint import CHECKPOINT, model_from_checkpoint, norms_from_checkpoint
 from mtad.train.evaluate import load_run, score_split
 from mtad.train.reference import TorchRunner
@@ -62,13 +62,14 @@ def scoring_summary(run) -> dict:
     }
 
 
-def record_reference_scores(bundle, reference: TorchRunner, ref: dict) -> dict:
-    """Scores of the shipped reference clips by PyTorch and by each ONNX variant, at export time."""
+def record_reference_scores(bundle, reference: TorchRunner | NoModelRunner, ref: dict) -> dict:
+    """Scores of the shipped reference clips by PyTorch and by each ONNX variant, at export time
+    (a model-free bundle: by its one scorer, ``model-free``)."""
     from mtad.edge_runtime.pipeline import EdgeScorer
 
     from .reference_set import REFERENCE_FILE
 
-    runners = {"pytorch": reference}
+    runners = {NoModelRunner.name if isinstance(reference, NoModelRunner) else "pytorch": reference}
     runners.update({name: bundle.onnx_runner(v.precision, "CPUExecutionProvider") for name, v in bundle.variants.items() if v.kind == "onnx"})
     scores = {}
     for name, runner in runners.items():
@@ -256,9 +257,11 @@ def export_bundle(
                               "--calib-data) or --calib-data (its held-out training normals for the score-drift fallback)")
     elif val_data is not None:
         notice(f"note: --val-data {val_data} is not used without --accuracy-budget")
-    if (fp16 or int8 or engine) and not run.stats.needs_model:
-        notice(f"note: the run's score ({', '.join(run.stats.components)}) is model-free, so the device runs no network: the FP16/INT8 "
-               "variants serve the learned fusion only (export a run refitted with mtad-eval --refit --components recon,acoustic)")
+    model_free = not run.stats.needs_model
+    if model_free and (fp16 or int8 or engine or accuracy_budget):
+        asked = [flag for flag, on in (("--fp16", fp16), ("--int8", int8), ("--engine", engine), ("--accuracy-budget", accuracy_budget)) if on]
+        raise ConfigError(f"{' '.join(asked)}: the run's score ({', '.join(run.stats.components)}) is model-free, so its bundle carries no "
+                          "network to convert; for the learned fusion, export a run refitted with mtad-eval --refit --components recon,acoustic")
     if engine:
         from .tensorrt_build import require_tensorrt
 
@@ -266,31 +269,35 @@ def export_bundle(
     if out.exists() and not force:
         raise ConfigError(f"{out} already exists; choose another --out or pass --force to replace it")
 
-    model = model_from_checkpoint(run.ckpt)
-    norms = norms_from_checkpoint(run.ckpt)
-    reference = TorchRunner(model)
+    # a model-free bundle ships no network: nothing to export, calibrate or check, and its reference
+    # scores come from the same statistics the device computes
+    reference = NoModelRunner() if model_free else TorchRunner(model_from_checkpoint(run.ckpt))
     mcfg = run.model_cfg
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in (f".{out.name}.tmp-", f".{out.name}.old-"):  # left by a killed export
         sweep_stale(out.parent, stale)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    (tmp / "models").mkdir(parents=True)
+    tmp.mkdir(parents=True)
     try:
         calib: CalibrationSet | None = None
-        if calib_data is not None:
-            calib = build_calibration_set(calib_data, norms, run.stats.class_map, mcfg.window, calib_windows,
-                                          model_digest=sha256_file(run_dir / CHECKPOINT), progress=progress)
-            save_calibration_set(calib, run_dir / "calibration")
-            heldout, heldout_source = calib.heldout, "held-out training-normal windows (clips not used for calibration)"
-        else:
-            heldout = np.random.default_rng(0).standard_normal((32, mcfg.n_mels, mcfg.window)).astype(np.float32)
-            heldout_source = "random normal windows (no --calib-data given)"
-
         variants, checks = {}, {}
-        log("export: FP32 ONNX")
-        fp32_proto = export_fp32(model, tmp / "models" / "fp32.onnx")
-        variants["fp32"] = {"precision": "fp32", "kind": "onnx", "file": "models/fp32.onnx"}
+        heldout_source = None
+        if not model_free:
+            if calib_data is not None:
+                calib = build_calibration_set(calib_data, norms_from_checkpoint(run.ckpt), run.stats.class_map, mcfg.window, calib_windows,
+                                              model_digest=sha256_file(run_dir / CHECKPOINT), progress=progress)
+                save_calibration_set(calib, run_dir / "calibration")
+                heldout, heldout_source = calib.heldout, "held-out training-normal windows (clips not used for calibration)"
+            else:
+                heldout = np.random.default_rng(0).standard_normal((32, mcfg.n_mels, mcfg.window)).astype(np.float32)
+                heldout_source = "random normal windows (no --calib-data given)"
+            log("export: FP32 ONNX")
+            (tmp / "models").mkdir()
+            fp32_proto = export_fp32(reference.model, tmp / "models" / "fp32.onnx")
+            variants["fp32"] = {"precision": "fp32", "kind": "onnx", "file": "models/fp32.onnx"}
+        else:
+            log(f"export: no model (the score, {', '.join(run.stats.components)}, is model-free)")
         calibration_digests = [c["sha256"] for c in calibration_roles(calib)[0]] if calib is not None else []
         calibration_record = None
         if int8:  # the training normals whose windows calibrate INT8
@@ -372,7 +379,7 @@ def export_bundle(
             "sizes_bytes": {name: (tmp / v["file"]).stat().st_size for name, v in variants.items()},
             "calibration": None if calib is None else {**{k: calib.manifest[k] for k in ("key", "settings", "n_windows", "per_machine")},
                                                        "n_sources": len(calib.manifest["sources"]), "quantization": int8_info},
-            "export_check": {"inputs": heldout_source, "variants": checks},
+            "export_check": None if model_free else {"inputs": heldout_source, "variants": checks},
             "fp16": fp16_info,
             "data_sets": {  # three disjoint sets; mtad-parity refuses to report on clips of the first two
                 "calibration": calibration_record,

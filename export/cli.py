@@ -57,13 +57,18 @@ def main(run_dir, out, fp16, int8, calib_data, calib_windows, calib_method, int8
     from .data_sets import describe
 
     sets = manifest["data_sets"]
+    reference = (f"; reference set {manifest['reference']['n_clips']} clips, {manifest['reference']['bytes'] / 1e6:.1f} MB"
+                 if manifest.get("reference") else "")
+    if not manifest["variants"]:
+        click.echo(f"bundle {out}: model-free ({'+'.join(manifest['scoring']['components'])}): no network, "
+                   f"statistics {(out / 'stats.npz').stat().st_size / 1e6:.2f} MB{reference}")
+        return
     sizes = ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in manifest["sizes_bytes"].items())
     worst = max(manifest["export_check"]["variants"].items(), key=lambda kv: kv[1]["logits"]["max_abs"])
     click.echo(f"bundle {out}: {sizes}; worst logits error {worst[1]['logits']['max_abs']:.2e} ({worst[0]}), "
                f"argmax agreement {min(c['argmax_agreement'] for c in manifest['export_check']['variants'].values()):.1%}"
                + (f"; int8: {manifest['variants']['int8']['quantized_mac_fraction']:.1%} of MACs quantised" if int8 else "")
-               + (f"; reference set {manifest['reference']['n_clips']} clips, {manifest['reference']['bytes'] / 1e6:.1f} MB"
-                  if manifest.get("reference") else "")
+               + reference
                + (f"; accuracy control on {describe(sets['accuracy_control'])}"
                   + (" (score drift vs FP32: no labelled validation set)" if sets["accuracy_control"]["kind"] == "normals_drift" else "")
                   if sets.get("accuracy_control") else ""))

@@ -27,10 +27,10 @@ from .reference_set import load_reference_set
 
 def bundle_runners(bundle: Bundle, log=print) -> dict:
     """Every variant of the bundle with a runner, and the reasons for those that cannot run here.
-    A model-free bundle has one scorer, whatever its variants: ``model-free``."""
+    A model-free bundle (no variants) has one scorer: ``model-free``."""
     if not bundle.stats.needs_model:
         log("parity: the bundle's scores are model-free: one scorer, no model variants to compare")
-        return {"runners": {"model-free": NoModelRunner()}, "skipped": {}}
+        return {"runners": {NoModelRunner.name: NoModelRunner()}, "skipped": {}}
     runners, skipped = {}, {}
     for name, v in bundle.variants.items():
         try:
@@ -169,12 +169,14 @@ def device_parity(bundle_dir: Path, budgets: dict[str, float], log=print, on_set
     ref = load_reference_set(bundle.root)
     keys = [str(k) for k in ref["keys"]]
     clips = list(zip(keys, [str(m) for m in ref["machines"]], [int(v) for v in ref["labels"]], ref["audio"]))
-    reference = [Scored(k, m, lab, float(s), bundle.stats.threshold(m)) for (k, m, lab, _), s in zip(clips, rec["scores"]["pytorch"])]
+    model_free = not bundle.stats.needs_model
+    recorded_ref = rec["scores"][NoModelRunner.name if model_free else "pytorch"]
+    reference = [Scored(k, m, lab, float(s), bundle.stats.threshold(m)) for (k, m, lab, _), s in zip(clips, recorded_ref)]
     enrolled = bundle.manifest.get("reference_enrolled")
     if enrolled:  # ids enrolled on the device: normal clips, scored by the FP32 ONNX model when they were enrolled
         with np.load(bundle.root / enrolled["file"], allow_pickle=False) as z:
             audio = [a[:n] for a, n in zip(z["audio"], enrolled["lengths"])]
-        fp32 = next(name for name, v in bundle.variants.items() if v.kind == "onnx" and v.precision == "fp32")
+        fp32 = NoModelRunner.name if model_free else next(name for name, v in bundle.variants.items() if v.kind == "onnx" and v.precision == "fp32")
         for k, m, a, s in zip(enrolled["keys"], enrolled["machines"], audio, enrolled["scores"][fp32]):
             clips.append((k, m, 0, a))
             reference.append(Scored(k, m, 0, float(s), bundle.stats.threshold(m)))

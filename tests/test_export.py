@@ -42,7 +42,7 @@ def test_int8_is_symmetric_qdq(tiny_bundle):
 
 def test_manifest_is_self_describing(tiny_bundle):
     m = yaml.safe_load((tiny_bundle / "manifest.yaml").read_text())
-    assert m["schema_version"] == 11 and m["feature_config"]["n_fft"] == 2048
+    assert m["schema_version"] == 12 and m["feature_config"]["n_fft"] == 2048
     assert m["source_run"] == "tiny"  # a name, not a path of the build machine
     assert m["scoring"]["method"] == "fusion" and m["scoring"]["components"] == ["recon", "acoustic"] and m["scoring"]["covariance"] == "factor"
     assert m["scoring"]["stats_holdout"] == 0.25 and set(m["scoring"]["heldout_clips_per_machine"].values()) == {4}
@@ -68,6 +68,7 @@ def test_manifest_is_self_describing(tiny_bundle):
     (lambda b: _edit(b, lambda m: m["scoring"].update(covariance="ledoit-wolf")), "covariance 'factor' differs from the manifest's 'ledoit-wolf'"),
     (lambda b: _edit(b, lambda m: m["scoring"].update(covariance="graphical-lasso")), "covariance"),
     (lambda b: (b / "manifest.yaml").unlink(), "not a bundle"),
+    (lambda b: _edit(b, lambda m: m.update(variants={})), "variants: bundle has no FP32 ONNX model"),  # recon reads the network
 ])
 def test_loader_refuses_bad_bundles(tiny_bundle, tmp_path, tamper, message):
     bad = tmp_path / "bad"

@@ -41,6 +41,58 @@ def test_default_bundle_needs_the_model(tiny_bundle):
     assert load_bundle(tiny_bundle).stats.needs_model
 
 
+def test_model_free_bundle_carries_no_model(model_free, tiny_synth, tmp_path):
+    """Nothing on the device would run a network, so the export writes none (bundle schema 12):
+    no models/, no variants, and asking for converted variants of one is a one-line refusal."""
+    import shutil
+
+    import yaml
+
+    from mtad.edge_runtime.errors import BundleError, ConfigError
+    from mtad.export.bundle_writer import export_bundle
+
+    run_dir, bundle_dir = model_free
+    bundle = load_bundle(bundle_dir)
+    m = bundle.manifest
+    assert bundle.variants == {} and m["variants"] == {} and not (bundle_dir / "models").exists()
+    assert set(m["files"]) == {"stats.npz"} and m["export_check"] is None and m["sizes_bytes"] == {}
+    for flags in ({"fp16": True}, {"int8": True, "calib_data": tiny_synth}, {"accuracy_budget": {"fp16": 0.01}, "calib_data": tiny_synth}):
+        with pytest.raises(ConfigError, match="model-free, so its bundle carries no network"):
+            export_bundle(run_dir, tmp_path / "b", progress=False, log=lambda m: None, **flags)
+    assert list(tmp_path.iterdir()) == []
+    # a model-free manifest that lists a model is refused: nothing would run it
+    bad = tmp_path / "bad"
+    shutil.copytree(bundle_dir, bad)
+    manifest = yaml.safe_load((bad / "manifest.yaml").read_text())
+    manifest["variants"] = {"fp32": {"precision": "fp32", "kind": "onnx", "file": "stats.npz"}}
+    (bad / "manifest.yaml").write_text(yaml.safe_dump(manifest))
+    with pytest.raises(BundleError, match="a model-free bundle .* carries no model, but lists fp32"):
+        load_bundle(bad)
+    from mtad.export.cli import main as export_main
+
+    res = CliRunner().invoke(export_main, ["--run", str(run_dir), "--out", str(tmp_path / "cli"), "--quiet"])
+    assert res.exit_code == 0 and "model-free (acoustic): no network, statistics" in res.output, res.output
+    res = CliRunner().invoke(export_main, ["--run", str(run_dir), "--out", str(tmp_path / "cli2"), "--int8", "--calib-data", str(tiny_synth)])
+    assert res.exit_code == 1 and res.output.count("\n") == 1 and "--int8: the run's score (acoustic) is model-free" in res.output, res.output
+    res = CliRunner().invoke(edge_main, ["build-engine", "--bundle", str(bundle_dir)])
+    assert res.exit_code == 1 and "no engine to build" in res.output and "Traceback" not in res.output
+
+
+def test_model_free_bundle_parity_on_the_device(model_free, tiny_synth, tmp_path):
+    """With --calib-data the model-free bundle ships reference clips and their export-time scores;
+    the device's parity check compares its one scorer against them."""
+    from mtad.export.bundle_writer import export_bundle
+    from mtad.export.parity import device_parity
+
+    out = tmp_path / "b"
+    export_bundle(model_free[0], out, calib_data=tiny_synth, progress=False, log=lambda m: None)
+    bundle = load_bundle(out)
+    assert set(bundle.manifest["reference"]["scores"]) == {"model-free"} and bundle.variants == {}
+    results, skipped, reference, scored = device_parity(out, {"fp32": 0.001, "fp16": 0.005, "int8": 0.01}, log=lambda m: None)
+    assert list(results) == ["model-free"] and not skipped and len(reference) == bundle.manifest["reference"]["n_clips"]
+    assert results["model-free"]["max_rel_error"] < 1e-6 and results["model-free"]["decision_agreement"] == 1.0
+
+
 def test_model_free_scores_equal_evaluation_without_inference(model_free, tiny_synth):
     from mtad.train.evaluate import load_run, score_split
 
@@ -98,9 +150,9 @@ def test_model_free_enrollment_loads_neither_torch_nor_onnxruntime(model_free, t
     clip = sorted((tiny_synth / "fan" / "test").glob("*id_00*.wav"))[0]
     r = EdgeScorer(bundle, _Refuses()).score_file(clip, "fan/id_99")
     assert np.isfinite(r.score) and r.inference_ms == 0
-    # the enrolled reference clips carry one set of scores, under every ONNX variant's name
+    # the enrolled reference clips carry one set of scores, by the bundle's one scorer
     ref = bundle.manifest["reference_enrolled"]["scores"]
-    assert set(ref) == {n for n, v in bundle.variants.items() if v.kind == "onnx"} and len({tuple(v) for v in ref.values()}) == 1
+    assert set(ref) == {"model-free"} and len(ref["model-free"]) == len(bundle.manifest["reference_enrolled"]["keys"])
 
 
 def test_parity_of_a_model_free_bundle_is_one_exact_scorer(model_free, tiny_synth):
