@@ -141,7 +141,7 @@ def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tiny_synth, tm
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
 
 
-def test_a_lost_rank_leaves_the_broken_group_to_the_exit(monkeypatch, tmp_path):
+def test_a_rank_leaves_a_broken_group_to_the_exit_and_skips_teardown(monkeypatch, tmp_path):
     """After a peer died the trainer does not destroy the process group (that can block or abort),
     and the CLI ends the process with exit 1 and one line, skipping the interpreter's teardown,
     where gloo's threads turned exit 1 into SIGABRT (-6) in CI."""
@@ -168,7 +168,20 @@ def test_a_lost_rank_leaves_the_broken_group_to_the_exit(monkeypatch, tmp_path):
         trainer.train_run("d", tmp_path / "run", load_config("tiny", epochs=1), progress=False)
     assert calls == ["destroyed"]  # a healthy group is still left cleanly
 
-    code = ("import atexit, sys; from mtad.train.distributed import exit_after_lost_rank; "
-            "atexit.register(lambda: print('teardown ran', file=sys.stderr)); print('partial', end=''); exit_after_lost_rank('rank 0/2: gone')")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert (res.returncode, res.stdout, res.stderr) == (1, "partial", "error: rank 0/2: gone\n")
+    # a rank ends through run_rank: its one line and exit status, and no interpreter teardown (where
+    # gloo's leftover threads can abort), whether the group broke or the run went well
+    code = ("import atexit, sys, click\n"
+            "from mtad.edge_runtime.cli_common import report_errors\n"
+            "from mtad.train.distributed import LostRankError, run_rank\n"
+            "atexit.register(lambda: print('teardown ran', file=sys.stderr))\n"
+            "@click.command()\n@click.option('--lost', is_flag=True)\n@click.option('--bug', is_flag=True)\n@report_errors\n"
+            "def rank(lost, bug):\n"
+            "    print('partial', end='')\n"
+            "    if lost: raise LostRankError('rank 0/2: gone')\n"
+            "    if bug: raise ValueError('a bug')\n"
+            "run_rank(rank)\n")
+    for args, rc, err in ((["--lost"], 1, "error: rank 0/2: gone\n"), ([], 0, "")):
+        res = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+        assert (res.returncode, res.stdout, res.stderr) == (rc, "partial", err)
+    res = subprocess.run([sys.executable, "-c", code, "--bug"], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 1 and "ValueError: a bug" in res.stderr and "teardown ran" not in res.stderr

@@ -58,16 +58,12 @@ def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdo
         del args[i : i + (1 if "=" in args[i] else 2)]
         sys.exit(launch(nproc, args))
     from .config import load_config
-    from .distributed import LostRankError, exit_after_lost_rank
     from .trainer import train_run
 
     cfg = load_config(preset, config_path, epochs=epochs, task=task, device=device, seed=seed, stats_holdout=stats_holdout,
                       scoring=scoring, components=components, covariance=covariance, early_stopping=early_stopping)
-    try:
-        result = train_run(data, out, cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True), workers=workers,
-                           loader_workers=loader_workers, channels_last=channels_last, compile=compile_, timeout=timeout)
-    except LostRankError as exc:
-        exit_after_lost_rank(str(exc))
+    result = train_run(data, out, cfg, resume=resume, progress=not quiet, log=lambda m: click.echo(m, err=True), workers=workers,
+                       loader_workers=loader_workers, channels_last=channels_last, compile=compile_, timeout=timeout)
     if result.stats is None:  # a rank other than 0 under torchrun: rank 0 reports
         return
     h = result.history
@@ -77,5 +73,17 @@ def main(data, out, config_path, preset, epochs, task, device, seed, stats_holdo
     )
 
 
-if __name__ == "__main__":  # torchrun -m mtad.train.cli
+def entry() -> None:
+    """``mtad-train``, and torchrun's ``-m mtad.train.cli``: a rank of a distributed run (torchrun
+    sets ``WORLD_SIZE``) ends through :func:`~.distributed.run_rank`, without interpreter teardown."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        from .distributed import run_rank
+
+        run_rank(main)
     main()
+
+
+if __name__ == "__main__":  # torchrun -m mtad.train.cli
+    entry()

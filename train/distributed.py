@@ -11,6 +11,8 @@ import contextlib
 import os
 import re
 import sys
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import NoReturn
@@ -33,7 +35,7 @@ class DistributedError(MtadError):
 
 class LostRankError(DistributedError):
     """A collective failed in this rank because a peer died or timed out: the process group is
-    broken, and tearing it down can abort the interpreter (see :func:`exit_after_lost_rank`)."""
+    broken, so it is not destroyed (that can block); the process ends through :func:`run_rank`."""
 
 
 @dataclass(frozen=True)
@@ -83,16 +85,29 @@ def shutdown(ctx: Context, broken: bool = False) -> None:
         dist.destroy_process_group()
 
 
-def exit_after_lost_rank(message: str, code: int = 1) -> NoReturn:
-    """Print ``error: message`` and end the process at once with ``code``.
+def run_rank(entry: Callable[[], object]) -> NoReturn:
+    """Run a torchrun rank's command line ``entry`` and end the process with its exit status,
+    skipping the interpreter's teardown.
 
-    After a peer died, gloo's threads can still be joinable when the interpreter tears the
-    process group down, and C++ then calls ``std::terminate`` ("terminate called without an
-    active exception"): exit 1 became SIGABRT in CI. Nothing is left half-written at this point
-    (rank 0 writes each checkpoint to a temp file and renames it before the next collective), so
-    skip the teardown.
+    gloo's worker threads can outlive the process group, and when the interpreter finalises what
+    still holds them, C++ calls ``std::terminate`` ("terminate called without an active
+    exception"): exit 1 after a lost rank, and once in a while exit 0 of a healthy rank, became
+    SIGABRT in CI. Nothing is half-written by then (rank 0 writes the checkpoint, statistics and
+    split to temp files and renames them), so the teardown is skipped; stdout and stderr are
+    flushed first.
     """
-    print(f"error: {message}", file=sys.stderr)
+    code = 0
+    try:
+        entry()
+    except SystemExit as exc:  # click ends every command this way
+        if isinstance(exc.code, int) or exc.code is None:
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
+            code = 1
+    except BaseException:  # a bug: its traceback, as Python would print it
+        traceback.print_exc()
+        code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
