@@ -142,9 +142,10 @@ def test_non_finite_loss_stops_without_overwriting_the_checkpoint(tiny_synth, tm
 
 
 def test_a_rank_leaves_a_broken_group_to_the_exit_and_skips_teardown(monkeypatch, tmp_path):
-    """After a peer died the trainer does not destroy the process group (that can block or abort),
-    and the CLI ends the process with exit 1 and one line, skipping the interpreter's teardown,
-    where gloo's threads turned exit 1 into SIGABRT (-6) in CI."""
+    """After a peer died the trainer does not destroy the process group (that can block or abort);
+    every rank, failed or not, ends through ``run_rank`` with its one line and exit status,
+    skipping the interpreter's teardown, where gloo's threads turned exit 1 (in CI) and once exit 0
+    into SIGABRT (-6)."""
     import mtad.train.distributed as distributed
     import mtad.train.trainer as trainer
     from mtad.train.config import load_config

@@ -91,10 +91,10 @@ def run_rank(entry: Callable[[], object]) -> NoReturn:
 
     gloo's worker threads can outlive the process group, and when the interpreter finalises what
     still holds them, C++ calls ``std::terminate`` ("terminate called without an active
-    exception"): exit 1 after a lost rank, and once in a while exit 0 of a healthy rank, became
-    SIGABRT in CI. Nothing is half-written by then (rank 0 writes the checkpoint, statistics and
-    split to temp files and renames them), so the teardown is skipped; stdout and stderr are
-    flushed first.
+    exception"): exit 1 after a lost rank (in CI), and once exit 0 of a healthy rank (in this
+    project's suite), became SIGABRT. Every file is closed by then, and rank 0's checkpoint,
+    statistics and split were written to temp files and renamed into place, so the teardown is
+    skipped; stdout and stderr are flushed first.
     """
     code = 0
     try:
