@@ -37,6 +37,7 @@ def main(bundle_dir, run_dir, data, budget_text, json_path, plot_path, quiet):
     keep_freed_memory()
     from mtad.edge_runtime.constants import DEFAULT_BUDGETS, parse_budgets
     from mtad.edge_runtime.parity import format_report, scatter_plot
+    from mtad.edge_runtime.runners import NoModelRunner
 
     budgets = parse_budgets(budget_text, "--budget", defaults=DEFAULT_BUDGETS)
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
@@ -54,12 +55,13 @@ def main(bundle_dir, run_dir, data, budget_text, json_path, plot_path, quiet):
         from .parity import full_parity
 
         results, skipped, reference, scored = full_parity(run_dir, bundle_dir, data, budgets, progress=not quiet, log=log, on_sets=show_sets)
-        mode = "pytorch reference on test clips"
     else:
         from .parity import device_parity
 
         results, skipped, reference, scored = device_parity(bundle_dir, budgets, log=log, on_sets=show_sets)
-        mode = "recorded pytorch scores on the bundle's reference set"
+    # a model-free bundle's reference is the run's statistics (at export, for the recorded scores), not PyTorch
+    source = "statistics" if list(results) == [NoModelRunner.name] else "pytorch"
+    mode = f"{source} reference on test clips" if run_dir is not None else f"recorded {source} scores on the bundle's reference set"
     click.echo(format_report(results))
     for name, why in skipped.items():
         click.echo(f"{name}: skipped ({why})")

@@ -91,6 +91,10 @@ def test_model_free_bundle_parity_on_the_device(model_free, tiny_synth, tmp_path
     results, skipped, reference, scored = device_parity(out, {"fp32": 0.001, "fp16": 0.005, "int8": 0.01}, log=lambda m: None)
     assert list(results) == ["model-free"] and not skipped and len(reference) == bundle.manifest["reference"]["n_clips"]
     assert results["model-free"]["max_rel_error"] < 1e-6 and results["model-free"]["decision_agreement"] == 1.0
+    from mtad.export.parity_cli import main as parity_main
+
+    res = CliRunner().invoke(parity_main, ["--bundle", str(out), "--quiet"])
+    assert res.exit_code == 0 and "parity (recorded statistics scores on the bundle's reference set): 1 variant(s)" in res.output, res.output
 
 
 def test_model_free_scores_equal_evaluation_without_inference(model_free, tiny_synth):
