@@ -173,11 +173,11 @@ def device_parity(bundle_dir: Path, budgets: dict[str, float], log=print, on_set
     recorded_ref = rec["scores"][NoModelRunner.name if model_free else "pytorch"]
     reference = [Scored(k, m, lab, float(s), bundle.stats.threshold(m)) for (k, m, lab, _), s in zip(clips, recorded_ref)]
     enrolled = bundle.manifest.get("reference_enrolled")
-    if enrolled:  # ids enrolled on the device: normal clips, scored by the FP32 ONNX model when they were enrolled
+    if enrolled:  # ids enrolled on the device: normal clips, scored when they were enrolled by the FP32 ONNX model (model-free: its one scorer)
         with np.load(bundle.root / enrolled["file"], allow_pickle=False) as z:
             audio = [a[:n] for a, n in zip(z["audio"], enrolled["lengths"])]
-        fp32 = NoModelRunner.name if model_free else next(name for name, v in bundle.variants.items() if v.kind == "onnx" and v.precision == "fp32")
-        for k, m, a, s in zip(enrolled["keys"], enrolled["machines"], audio, enrolled["scores"][fp32]):
+        scored_by = NoModelRunner.name if model_free else next(name for name, v in bundle.variants.items() if v.kind == "onnx" and v.precision == "fp32")
+        for k, m, a, s in zip(enrolled["keys"], enrolled["machines"], audio, enrolled["scores"][scored_by]):
             clips.append((k, m, 0, a))
             reference.append(Scored(k, m, 0, float(s), bundle.stats.threshold(m)))
     found = bundle_runners(bundle, log)
